@@ -1,0 +1,1 @@
+"""Source connectors: each fetches a page of mentions since a cursor; the runner produces them to Kafka."""

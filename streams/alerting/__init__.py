@@ -1,0 +1,1 @@
+"""Counting, spike detection, alert lifecycle and delivery."""

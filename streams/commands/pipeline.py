@@ -1,0 +1,3 @@
+"""Commands of the pipeline; filled in as it is built."""
+
+commands: list = []

@@ -1,0 +1,109 @@
+"""One settings object, read from ``EARFUL_*`` environment variables and an optional YAML file.
+
+Built once in ``main()`` and passed down. Defaults point at the embedded dev stack.
+Secrets are ``SecretStr``: they print as ``**********`` and never reach a log line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EARFUL_", frozen=True, extra="ignore", secrets_dir=None
+    )
+
+    # Where the servers are. Pointing these at real clusters skips the embedded stack.
+    kafka_bootstrap: str = "localhost:9092"
+    es_url: str = "http://localhost:9200"
+    es_api_key: SecretStr | None = None
+    es_username: str | None = None
+    es_password: SecretStr | None = None
+    kibana_url: str = "http://localhost:5601"
+
+    # Embedded dev stack: where it keeps its pid files and logs.
+    data_dir: Path = PROJECT_ROOT / ".earful"
+
+    # Kafka topics and their partition counts.
+    topic_raw: str = "mentions.raw"
+    topic_rejected: str = "mentions.rejected"
+    topic_counts: str = "mentions.counts"
+    topic_alerts: str = "alerts"
+    topic_status: str = "connectors.status"
+    raw_partitions: int = Field(default=4, ge=1)
+
+    # Elasticsearch indices.
+    index_mentions: str = "earful-mentions"
+    index_alerts: str = "earful-alerts"
+    index_deliveries: str = "earful-deliveries"
+
+    # The Faust worker.
+    app_id: str = "earful"
+    worker_web_port: int = 6066
+    batch_size: int = Field(default=2000, ge=1)
+    batch_within: float = Field(default=0.5, gt=0)
+    # Short group timeouts: a consumer-group join waits on them, and the embedded
+    # broker waits out the whole rebalance window.
+    broker_session_timeout: float = 6.0
+    broker_heartbeat_interval: float = 1.0
+    es_retry_max_backoff: float = 30.0
+
+    # Tagging.
+    taxonomy: Path = PROJECT_ROOT / "deploy" / "taxonomies" / "tax-agency.yaml"
+    model: Path | None = None
+
+    # Sources, subscriptions: the YAML config file (see deploy/earful.yaml).
+    config_file: Path = PROJECT_ROOT / "deploy" / "earful.yaml"
+    # Key for pseudonymising author handles; unset keeps handles as the source gives them.
+    author_hash_key: SecretStr | None = None
+    keep_raw: bool = False
+
+    @property
+    def kafka_servers(self) -> list[str]:
+        return [s.strip() for s in self.kafka_bootstrap.split(",") if s.strip()]
+
+    @property
+    def kafka_port(self) -> int:
+        return int(self.kafka_servers[0].rsplit(":", 1)[1])
+
+    @property
+    def es_port(self) -> int:
+        return urlsplit(self.es_url).port or 9200
+
+    def config(self) -> dict[str, Any]:
+        """The YAML config file (sources, subscriptions, ...), or {} when there is none."""
+        if not self.config_file.exists():
+            return {}
+        loaded = yaml.safe_load(self.config_file.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{self.config_file}: expected a mapping at the top level")
+        return loaded
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, file_secret_settings)
+
+
+def es_client_kwargs(settings: Settings) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"hosts": [settings.es_url], "request_timeout": 30}
+    if settings.es_api_key is not None:
+        kwargs["api_key"] = settings.es_api_key.get_secret_value()
+    elif settings.es_username and settings.es_password is not None:
+        kwargs["basic_auth"] = (settings.es_username, settings.es_password.get_secret_value())
+    return kwargs

@@ -1,0 +1,1 @@
+"""Topic tagging: taxonomy, compiled matcher, learned tier."""

@@ -1,0 +1,3 @@
+"""Commands of this area; filled in as the area is built."""
+
+commands: list = []
