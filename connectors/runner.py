@@ -1,0 +1,272 @@
+"""The runner: the only place that talks to Kafka on the way in.
+
+It owns the poll loop of every connector, the kafka-python producer, the cursor
+store, retries with backoff and the heartbeats.
+
+Placement: each mention goes to the partition its id hashes to (Kafka's own
+murmur2 of the id), so every copy of a mention meets the same worker. One Kafka
+record carries a page of mentions of one partition (``MentionPage``): the
+per-record cost of the broker and the stream processor is paid once per page.
+A cursor is saved only after Kafka acknowledged the whole page (acks=all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from kafka import KafkaProducer
+from kafka.partitioner.default import murmur2
+
+from connectors.base import Connector, FatalError, Page, RejectedItem, RetriableError
+from connectors.cursors import CursorStore
+from schemas import Mention, Rejected, utcnow
+
+log = logging.getLogger(__name__)
+
+#: a record stays well under the broker's default 1 MB limit
+MAX_RECORD_BYTES = 900_000
+MAX_PAGE_MENTIONS = 500
+
+
+def partition_for(mention_id: str, partitions: int) -> int:
+    return (murmur2(mention_id.encode()) & 0x7FFFFFFF) % partitions
+
+
+def encode_pages(mentions: Iterable[Mention], partitions: int) -> list[tuple[int, bytes]]:
+    """Group mentions by partition into records of at most MAX_PAGE_MENTIONS / MAX_RECORD_BYTES."""
+    by_partition: dict[int, list[bytes]] = defaultdict(list)
+    for mention in mentions:
+        by_partition[partition_for(mention.id, partitions)].append(mention.model_dump_json().encode())
+    records: list[tuple[int, bytes]] = []
+    for partition, docs in sorted(by_partition.items()):
+        chunk: list[bytes] = []
+        size = 0
+        for doc in docs:
+            if chunk and (len(chunk) >= MAX_PAGE_MENTIONS or size + len(doc) > MAX_RECORD_BYTES):
+                records.append((partition, _page(chunk)))
+                chunk, size = [], 0
+            chunk.append(doc)
+            size += len(doc) + 1
+        if chunk:
+            records.append((partition, _page(chunk)))
+    return records
+
+
+def _page(docs: list[bytes]) -> bytes:
+    return b'{"mentions":[' + b",".join(docs) + b'],"schema_version":1}'
+
+
+class MentionProducer:
+    """kafka-python producer for mentions, rejected items and connector heartbeats."""
+
+    def __init__(self, bootstrap: list[str], *, topic_raw: str, topic_rejected: str,
+                 topic_status: str | None = None, **producer_config: Any) -> None:
+        config: dict[str, Any] = {
+            "bootstrap_servers": bootstrap,
+            "acks": "all",
+            "linger_ms": 20,
+            "client_id": "earful-connectors",
+            **producer_config,
+        }
+        self._producer = KafkaProducer(**config)
+        self.topic_raw = topic_raw
+        self.topic_rejected = topic_rejected
+        self.topic_status = topic_status
+        partitions = self._producer.partitions_for(topic_raw)
+        if not partitions:
+            raise FatalError(f"topic {topic_raw!r} does not exist: run 'earful setup' first")
+        self.partitions = len(partitions)
+        self._pending: list[Any] = []
+
+    def send_mentions(self, mentions: Iterable[Mention]) -> int:
+        count = 0
+        for partition, value in encode_pages(mentions, self.partitions):
+            self._pending.append(self._producer.send(self.topic_raw, value=value, partition=partition))
+            count += 1
+        return count
+
+    def send_rejected(self, items: Iterable[RejectedItem], *, source: str) -> None:
+        for item in items:
+            record = Rejected(reason=item.reason, payload=item.payload, topic=f"connector:{source}")
+            self._pending.append(self._producer.send(
+                self.topic_rejected, key=source.encode(), value=record.model_dump_json().encode()))
+
+    def send_status(self, status: dict[str, Any]) -> None:
+        if self.topic_status:
+            self._producer.send(self.topic_status, key=str(status["connector"]).encode(),
+                                value=orjson.dumps(status, default=str))
+
+    def flush(self, timeout: float = 60.0) -> None:
+        """Wait until Kafka acknowledged everything sent; raise if any record failed."""
+        self._producer.flush(timeout=timeout)
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.get(timeout=timeout)  # re-raises the delivery error, if any
+
+    def close(self) -> None:
+        self._producer.close(timeout=10)
+
+
+@dataclass
+class ConnectorStatus:
+    connector: str
+    state: str = "starting"
+    last_success: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    items_total: int = 0
+    _recent: list[tuple[float, int]] = field(default_factory=list)
+
+    def record_success(self, items: int) -> None:
+        now = time.time()
+        self.state, self.last_success = "ok", now
+        self.items_total += items
+        self._recent.append((now, items))
+        self._recent = [(t, n) for t, n in self._recent if now - t <= 60]
+
+    def record_error(self, state: str, message: str) -> None:
+        self.state, self.last_error, self.last_error_at = state, message, time.time()
+
+    def as_record(self) -> dict[str, Any]:
+        now = time.time()
+        return {
+            "connector": self.connector,
+            "state": self.state,
+            "at": utcnow().isoformat(),
+            "last_success": self.last_success,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+            "items_total": self.items_total,
+            "items_per_min": sum(n for t, n in self._recent if now - t <= 60),
+        }
+
+
+class Backoff:
+    """Exponential backoff with full jitter; ``retry_after`` from the platform wins."""
+
+    def __init__(self, base: float = 1.0, cap: float = 300.0) -> None:
+        self.base, self.cap, self.failures = base, cap, 0
+
+    def next_delay(self, retry_after: float | None = None) -> float:
+        self.failures += 1
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.cap * 4)
+        return random.uniform(0, min(self.cap, self.base * 2 ** (self.failures - 1)))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class _RateLimitedLog:
+    """One log line per connector and error kind per ``every`` seconds."""
+
+    def __init__(self, every: float = 60.0) -> None:
+        self.every = every
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = defaultdict(int)
+
+    def error(self, key: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last.get(key, -self.every) >= self.every:
+            suppressed = self._suppressed.pop(key, 0)
+            suffix = f" ({suppressed} similar errors since the last report)" if suppressed else ""
+            log.error(message + suffix, *args)
+            self._last[key] = now
+        else:
+            self._suppressed[key] += 1
+
+
+class Runner:
+    """Runs connectors until they are done or ``stop()`` is called."""
+
+    def __init__(self, producer: MentionProducer, cursors: CursorStore, *,
+                 on_page: Callable[[str, Page], None] | None = None,
+                 heartbeat_every: float = 30.0) -> None:
+        self.producer = producer
+        self.cursors = cursors
+        self.on_page = on_page
+        self.heartbeat_every = heartbeat_every
+        self.statuses: dict[str, ConnectorStatus] = {}
+        self._stop = asyncio.Event()
+        self._errors = _RateLimitedLog()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, connectors: list[Connector], *, once: bool = False) -> None:
+        try:
+            await asyncio.gather(*(self._run_one(c, once=once) for c in connectors))
+        finally:
+            for connector in connectors:
+                await connector.aclose()
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+
+    async def _run_one(self, connector: Connector, *, once: bool) -> None:
+        name = connector.name
+        status = self.statuses.setdefault(name, ConnectorStatus(name))
+        backoff = Backoff()
+        cursor = self.cursors.load(name)
+        last_beat = 0.0
+        while not self._stop.is_set():
+            if time.monotonic() - last_beat >= self.heartbeat_every:
+                self.producer.send_status(status.as_record())
+                last_beat = time.monotonic()
+            try:
+                page = await connector.poll(cursor)
+            except RetriableError as exc:
+                delay = backoff.next_delay(exc.retry_after)
+                status.record_error("backoff", str(exc))
+                self._errors.error(f"{name}:retriable", "%s: %s; retrying in %.0fs", name, exc, delay)
+                if once:
+                    return
+                await self._sleep(delay)
+                continue
+            except FatalError as exc:
+                status.record_error("failing", str(exc))
+                self._errors.error(f"{name}:fatal", "%s cannot run: %s", name, exc)
+                if once:
+                    return
+                await self._sleep(max(backoff.next_delay(), 300.0))
+                continue
+            except Exception as exc:  # a bug or an unexpected answer: keep the other sources going
+                delay = backoff.next_delay()
+                status.record_error("backoff", f"{type(exc).__name__}: {exc}")
+                self._errors.error(f"{name}:unexpected", "%s failed unexpectedly: %r; retrying in %.0fs",
+                                   name, exc, delay)
+                if once:
+                    return
+                await self._sleep(delay)
+                continue
+            await self._deliver(name, page)
+            cursor = page.next_cursor
+            backoff.reset()
+            status.record_success(len(page.mentions))
+            if self.on_page is not None:
+                self.on_page(name, page)
+            if page.done or (once and not page.has_more):
+                self.producer.send_status(status.as_record())
+                return
+            if not page.has_more:
+                await self._sleep(connector.poll_interval)
+
+    async def _deliver(self, name: str, page: Page) -> None:
+        if page.mentions:
+            self.producer.send_mentions(page.mentions)
+        if page.rejected:
+            self.producer.send_rejected(page.rejected, source=name)
+        # Only once Kafka holds the page does the cursor move past it.
+        await asyncio.get_running_loop().run_in_executor(None, self.producer.flush)
+        self.cursors.save(name, page.next_cursor)
