@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from urllib.parse import unquote
+
+from schemas.records import Alert, AlertSample
+from streams.alerting.lifecycle import AlertTracker, LifecycleConfig, alert_id
+
+T0 = datetime(2024, 7, 1, 9, 0, tzinfo=UTC)
+MIN = timedelta(minutes=1)
+CFG = LifecycleConfig(
+    calm_windows=3, calm_factor=1.2, update_factor=1.5, cooldown=timedelta(minutes=30),
+    config_version="cfg-7", kibana_url="https://kibana.example.gov.au/", kibana_data_view="earful-mentions",
+)
+SAMPLE = AlertSample(id="m1", source="mastodon", text="is the portal down?", url="https://social.example/@a/1")
+
+
+class Feed:
+    """Drives a tracker minute by minute, the way the worker does."""
+
+    def __init__(self, tracker: AlertTracker, start: datetime = T0) -> None:
+        self.tracker = tracker
+        self.t = start
+
+    def step(self, observed: float, expected: float = 10.0, *, anomalous: bool | None = None,
+             severity: str | None = "minor", source: str | None = None) -> Alert | None:
+        if anomalous is None:
+            anomalous = observed > expected * 3
+        alert = self.tracker.step(
+            topic="outage", source=source, window_start=self.t, observed=observed, expected=expected,
+            score=0.99 if anomalous else 0.2, is_anomalous=anomalous, severity=severity if anomalous else None,
+            samples=[SAMPLE] if anomalous else [], top_terms=["portal", "down"] if anomalous else [],
+            now=self.t + MIN,
+        )
+        self.t += MIN
+        return alert
+
+
+def test_opens_once_with_evidence() -> None:
+    feed = Feed(AlertTracker(CFG))
+    assert feed.step(10) is None
+    alert = feed.step(50)
+    assert alert is not None and alert.status == "open" and alert.sequence == 0
+    assert alert.id == alert_id("outage", None, T0 + MIN)
+    assert (alert.observed, alert.expected, alert.severity) == (50, 10, "minor")
+    assert alert.top_terms == ["portal", "down"] and alert.samples == [SAMPLE]
+    assert alert.config_version == "cfg-7"
+    assert alert.kibana_url is not None
+    url = unquote(alert.kibana_url)
+    assert url.startswith("https://kibana.example.gov.au/app/discover#/")
+    assert 'tags:"outage"' in url and "earful-mentions" in url and "from:'2024-07-01T08:31:00Z',to:'2024-07-01T09:02:00Z'" in url
+    # The same level the next minute is the same spike, not a new alert.
+    assert feed.step(50) is None
+
+
+def test_escalates_on_severity_or_meaningful_growth() -> None:
+    feed = Feed(AlertTracker(CFG))
+    opened = feed.step(50, severity="minor")
+    assert opened is not None
+    assert feed.step(60, severity="minor") is None  # grew, but by less than update_factor
+    up = feed.step(62, severity="major")
+    assert up is not None and up.status == "update" and up.severity == "major" and up.sequence == 1
+    assert up.id == opened.id
+    grown = feed.step(62 * 1.5, severity="minor")
+    # Growth alone is an update; severity never drops within an episode.
+    assert grown is not None and grown.sequence == 2 and grown.severity == "major"
+    assert grown.peak_observed == 93
+
+
+def test_no_storm_during_a_long_spike() -> None:
+    feed = Feed(AlertTracker(CFG))
+    events = [feed.step(50 + (i % 7), severity="major") for i in range(240)]
+    emitted = [e for e in events if e is not None]
+    assert [e.status for e in emitted] == ["open"]
+
+
+def test_resolves_only_after_consecutive_calm_windows() -> None:
+    feed = Feed(AlertTracker(CFG))
+    opened = feed.step(50)
+    assert opened is not None
+    # Below the alert threshold (3x expected) but above expected x calm_factor: not calm.
+    assert [feed.step(25) for _ in range(10)] == [None] * 10
+    assert feed.step(11) is None and feed.step(12) is None
+    assert feed.step(20) is None  # a busy window restarts the calm count
+    assert feed.step(9) is None and feed.step(10) is None
+    resolved = feed.step(8)
+    assert resolved is not None and resolved.status == "resolved" and resolved.id == opened.id
+    assert resolved.resolved_at == feed.t and resolved.peak_observed == 50
+    assert resolved.samples == [SAMPLE]  # the all clear still says what the episode was about
+    assert feed.step(8) is None
+
+
+def test_cooldown_before_a_new_episode() -> None:
+    feed = Feed(AlertTracker(CFG))
+    first = feed.step(50)
+    for _ in range(3):
+        last = feed.step(5)
+    assert last is not None and last.status == "resolved"
+    # Within the 30 minute cooldown a new spike does not open an alert.
+    assert [feed.step(60) for _ in range(30)] == [None] * 30
+    second = feed.step(60)
+    assert second is not None and second.status == "open" and second.sequence == 0
+    assert first is not None and second.id != first.id
+
+
+def test_state_round_trip_mid_episode() -> None:
+    feed = Feed(AlertTracker(CFG))
+    opened = feed.step(50)
+    assert opened is not None
+    feed.step(5)
+    # The worker restarts: state went through a Faust table (JSON).
+    state = json.loads(json.dumps(feed.tracker.state()))
+    restarted = Feed(AlertTracker.from_state(CFG, state), start=feed.t)
+    # The count record for the last window is redelivered: it is not a second calm window.
+    restarted.t -= MIN
+    assert restarted.step(5) is None
+    assert restarted.step(5) is None  # second calm window
+    resolved = restarted.step(5)  # third
+    assert resolved is not None and resolved.status == "resolved"
+    assert resolved.id == opened.id and resolved.sequence == 1
+
+
+def test_restart_during_spike_does_not_reopen() -> None:
+    feed = Feed(AlertTracker(CFG))
+    assert feed.step(50) is not None
+    state = json.loads(json.dumps(feed.tracker.state()))
+    restarted = Feed(AlertTracker.from_state(CFG, state), start=feed.t)
+    assert restarted.step(52) is None
+
+
+def test_sources_have_their_own_episodes() -> None:
+    feed = Feed(AlertTracker(CFG))
+    a = feed.step(50, source=None)
+    feed.t -= MIN
+    b = feed.step(50, source="reddit")
+    assert a is not None and b is not None and a.id != b.id and b.source == "reddit"
+    assert "reddit" in unquote(b.kibana_url or "")
