@@ -1,0 +1,254 @@
+"""HTTP plumbing shared by every live connector: one client, one status-to-error mapping.
+
+What a response becomes::
+
+    network error, timeout        RetriableError (the runner backs off with jitter)
+    429                           RetriableError(retry_after from Retry-After or the rate headers)
+    5xx                           RetriableError(retry_after from Retry-After when given)
+    401, 403                      FatalError naming the credential (env var) to check
+    other 4xx                     FatalError with the platform's own message
+    2xx with remaining == 0       returned; the next request waits for the reset first
+
+A live connector asks a platform one or more questions ("keys": a hashtag, a
+search query, a feed) and keeps one cursor per key. ``HttpConnector.poll``
+walks the keys; a rate limit half-way delivers what was already fetched and the
+cursors of the keys that were read, so nothing fetched is thrown away.
+"""
+
+from __future__ import annotations
+
+import abc
+import email.utils
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import orjson
+from pydantic import SecretStr
+
+from connectors.base import Connector, Cursor, FatalError, Page, RejectedItem, RetriableError
+from connectors.text import Pseudonymiser
+from schemas import Mention
+
+USER_AGENT = "earful/0.1 (social listening for a public agency)"
+#: a platform that says "wait" for longer than this is treated as "wait this long, then ask again"
+MAX_RETRY_AFTER = 3600.0
+
+
+def _number(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value.strip())
+    except ValueError:
+        return None
+
+
+def _seconds_until(value: str | None, now: float) -> float | None:
+    """A reset given as seconds-from-now, epoch seconds or an HTTP/ISO date, as seconds from ``now``."""
+    if value is None or not value.strip():
+        return None
+    number = _number(value)
+    if number is not None:
+        # Reddit sends seconds left in the window; X and GitHub-style APIs send epoch seconds.
+        return max(number - now, 0.0) if number > 1e9 else max(number, 0.0)
+    text = value.strip()
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(when.timestamp() - now, 0.0)
+
+
+def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait before asking again, from Retry-After or the platform's rate-limit reset."""
+    now = time.time() if now is None else now
+    waited = _seconds_until(headers.get("retry-after"), now)
+    if waited is not None:
+        return min(waited, MAX_RETRY_AFTER)
+    reset = reset_after(headers, now)
+    return None if reset is None else min(reset, MAX_RETRY_AFTER)
+
+
+def reset_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds until the rate-limit window resets (x-ratelimit-reset, X's x-rate-limit-reset)."""
+    now = time.time() if now is None else now
+    for name in ("x-ratelimit-reset", "x-rate-limit-reset", "ratelimit-reset"):
+        seconds = _seconds_until(headers.get(name), now)
+        if seconds is not None:
+            return seconds
+    return None
+
+
+def exhausted_for(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """When the window is used up (remaining == 0), seconds until it resets; otherwise None."""
+    for name in ("x-ratelimit-remaining", "x-rate-limit-remaining", "ratelimit-remaining"):
+        remaining = _number(headers.get(name))
+        if remaining is not None:
+            if remaining >= 1:
+                return None
+            reset = reset_after(headers, now)
+            return min(reset if reset is not None else 60.0, MAX_RETRY_AFTER)
+    return None
+
+
+def platform_message(response: httpx.Response, limit: int = 300) -> str:
+    """The platform's own error text, short, for a log line (never the request, which may hold a token)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:limit].strip()
+    if isinstance(body, dict):
+        for key in ("error_description", "message", "error", "detail", "title", "errors"):
+            if key in body and body[key]:
+                value = body[key]
+                if isinstance(value, dict):
+                    value = value.get("message", value)
+                return str(value)[:limit]
+    return str(body)[:limit]
+
+
+def raise_for_status(response: httpx.Response, *, source: str, credential: str | None = None) -> None:
+    """Map a response's status to the connector error the runner acts on."""
+    status = response.status_code
+    if status < 400:
+        return
+    what = f"{source}: HTTP {status} from {response.request.url.host}"
+    detail = platform_message(response)
+    if status == 429:
+        raise RetriableError(f"{what}: rate limited", retry_after=retry_after(response.headers))
+    if status >= 500:
+        raise RetriableError(f"{what}: {detail or 'server error'}", retry_after=_retry_after_only(response))
+    if status in (401, 403):
+        hint = f"; check {credential}" if credential else ""
+        raise FatalError(f"{what}: not authorised ({detail or 'no detail'}){hint}")
+    raise FatalError(f"{what}: {detail or 'request refused'}")
+
+
+def _retry_after_only(response: httpx.Response) -> float | None:
+    value = _seconds_until(response.headers.get("retry-after"), time.time())
+    return None if value is None else min(value, MAX_RETRY_AFTER)
+
+
+@dataclass
+class Native:
+    """A native item and the question that found it (the Mention's ``query``)."""
+
+    item: Any
+    query: str
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Fetched:
+    """What one key's request returned: native items, the key's next cursor, whether more is waiting."""
+
+    items: list[Native]
+    state: Any
+    has_more: bool = False
+
+
+class HttpConnector(Connector):
+    """A connector that asks an HTTP API one question per key and keeps a cursor per key."""
+
+    #: the env var (or secret file) to name when the platform says "not authorised"
+    credential: str | None = None
+
+    def __init__(self, name: str, base_url: str, *, poll_interval: float = 60.0, timeout: float = 30.0,
+                 headers: Mapping[str, str] | None = None, author_key: SecretStr | None = None,
+                 keep_raw: bool = False, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.name = name
+        self.poll_interval = poll_interval
+        self.keep_raw = keep_raw
+        self.pseudonymise = Pseudonymiser(author_key)
+        self.client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + "/", timeout=timeout, transport=transport,
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})},
+            follow_redirects=True)
+        self._not_before = 0.0
+
+    # -- requests -------------------------------------------------------------------------
+
+    async def request(self, method: str, url: str, *, credential: str | None = None,
+                      **kwargs: Any) -> httpx.Response:
+        """Send one request; map failures to connector errors; remember an exhausted rate window."""
+        wait = self._not_before - time.monotonic()
+        if wait > 0:
+            raise RetriableError(f"{self.name}: rate-limit window used up", retry_after=wait)
+        try:
+            response = await self.client.request(method, url.lstrip("/"), **kwargs)
+        except httpx.TransportError as exc:
+            raise RetriableError(f"{self.name}: {type(exc).__name__} talking to "
+                                 f"{self.client.base_url.host}: {exc}") from None
+        raise_for_status(response, source=self.name, credential=credential or self.credential)
+        exhausted = exhausted_for(response.headers)
+        if exhausted is not None:
+            self._not_before = time.monotonic() + exhausted
+        return response
+
+    async def get_json(self, url: str, **kwargs: Any) -> Any:
+        response = await self.request("GET", url, **kwargs)
+        return self.json(response)
+
+    def json(self, response: httpx.Response) -> Any:
+        try:
+            return orjson.loads(response.content)
+        except orjson.JSONDecodeError as exc:
+            # A proxy's HTML error page or a truncated answer: the next poll usually works.
+            raise RetriableError(f"{self.name}: unreadable JSON from {response.url.host}: {exc}") from None
+
+    # -- polling --------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def keys(self) -> list[str]:
+        """The questions this source asks, each with its own cursor (e.g. ``tag:ATO``)."""
+
+    @abc.abstractmethod
+    async def fetch(self, key: str, state: Any) -> Fetched:
+        """Ask one question since ``state`` (None on the first run)."""
+
+    async def prepare(self) -> None:
+        """Before a poll: sign in when a session is needed."""
+
+    async def poll(self, cursor: Cursor) -> Page:
+        await self.prepare()
+        states = dict(cursor or {})
+        mentions: dict[str, Mention] = {}
+        rejected: list[RejectedItem] = []
+        has_more = False
+        for key in self.keys():
+            try:
+                fetched = await self.fetch(key, states.get(key))
+            except RetriableError:
+                if mentions or rejected or states != dict(cursor or {}):
+                    # Deliver what was read; the next poll meets the limit again and backs off.
+                    has_more = True
+                    break
+                raise
+            found, bad = self.map_items(fetched.items)
+            for mention in found:
+                mentions.setdefault(mention.id, mention)
+            rejected.extend(bad)
+            states[key] = fetched.state
+            has_more = has_more or fetched.has_more
+        return Page(list(mentions.values()), states, rejected=rejected, has_more=has_more)
+
+    def describe(self, item: Any) -> str:
+        return super().describe(item.item if isinstance(item, Native) else item)
+
+    def author(self, handle: str | None) -> str | None:
+        return self.pseudonymise(handle)
+
+    def raw(self, item: Any) -> dict[str, Any] | None:
+        return item if self.keep_raw and isinstance(item, dict) else None
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
