@@ -45,12 +45,13 @@ def run_until_signal(runner: Runner, coro: object) -> None:
 @click.option("--as-fast-as-possible", is_flag=True, help="Ignore timestamps; send everything at once.")
 @click.option("--keep-time", is_flag=True, help="Keep historical timestamps instead of re-timing to now.")
 @click.option("--limit", type=int, default=None, help="Replay only the first N rows of the file.")
+@click.option("--loop", is_flag=True, help="Start over at the end, until stopped (each pass is a new copy).")
 @click.option("--resume", is_flag=True, help="Continue from where the last replay of this source stopped.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_obj
 def replay(settings: Settings, path: Path, fmt: str | None, source: str | None, text_col: str,
            time_col: str | None, id_col: str | None, speed: float, as_fast_as_possible: bool,
-           keep_time: bool, limit: int | None, resume: bool, quiet: bool) -> None:
+           keep_time: bool, limit: int | None, loop: bool, resume: bool, quiet: bool) -> None:
     """Replay a CSV or JSONL file of posts into Kafka at real pace (or faster)."""
     if speed <= 0:
         raise click.BadParameter("must be above 0", param_hint="--speed")
@@ -59,7 +60,7 @@ def replay(settings: Settings, path: Path, fmt: str | None, source: str | None, 
     options = ReplayOptions(path=path, source=source, format=fmt, text_col=text_col,  # type: ignore[arg-type]
                             time_col=time_col, id_col=id_col, speed=speed,
                             as_fast_as_possible=as_fast_as_possible, keep_time=keep_time, limit=limit,
-                            keep_raw=settings.keep_raw)
+                            keep_raw=settings.keep_raw, loop=loop)
     connector = ReplayConnector(options)
     try:
         total = connector.total

@@ -85,6 +85,8 @@ class ReplayOptions:
     page_size: int = 500
     limit: int | None = None
     keep_raw: bool = False
+    #: start over at the end, forever; each pass is a new copy of the posts (``~N`` on native ids)
+    loop: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,7 @@ class ReplayConnector(Connector):
         self._rows: list[_Row] | None = None
         self._columns: tuple[str, str | None, str | None] | None = None
         self._start_wall: float | None = None
+        self._cycle = 0
 
     @property
     def total(self) -> int:
@@ -179,6 +182,8 @@ class ReplayConnector(Connector):
         text_col, time_col, id_col = self._columns or (self.options.text_col, None, None)
         native_id = str(fields.get(id_col) or "").strip() if id_col else ""
         native_id = native_id or f"row-{item.index + 1}"
+        if self._cycle:
+            native_id = f"{native_id}~{self._cycle}"
         if item.at is None and time_col is not None:
             raise ValueError(f"row {item.index + 1}: unreadable {time_col!r}: {fields.get(time_col)!r}")
         created = self._created_at(item)
@@ -212,12 +217,15 @@ class ReplayConnector(Connector):
     async def poll(self, cursor: Cursor) -> Page:
         rows = self._load()
         position = int((cursor or {}).get("row", 0))
+        self._cycle = int((cursor or {}).get("cycle", 0))
+        if position >= len(rows) and self.options.loop and rows:
+            position, self._cycle, self._start_wall = 0, self._cycle + 1, None
         if self._start_wall is None:
             # A resumed replay continues the schedule where it stopped.
             resumed = self._offset(rows[position]) if 0 < position < len(rows) else 0.0
             self._start_wall = time.time() - resumed
         if position >= len(rows):
-            return Page([], {"row": position}, done=True)
+            return Page([], {"row": position, "cycle": self._cycle}, done=True)
         due = self._start_wall + self._offset(rows[position])
         wait = due - time.time()
         if wait > 0:
@@ -231,7 +239,8 @@ class ReplayConnector(Connector):
             batch.append(rows[end])
             end += 1
         mentions, rejected = self.map_items(batch)
-        return Page(mentions, {"row": end}, rejected=rejected, has_more=True, done=end >= len(rows))
+        done = end >= len(rows) and not self.options.loop
+        return Page(mentions, {"row": end, "cycle": self._cycle}, rejected=rejected, has_more=True, done=done)
 
     def describe(self, item: _Row) -> str:
         return _payload(item)

@@ -1,0 +1,97 @@
+"""The worker's agents, wired to one Faust app.
+
+``index-mentions`` consumes ``mentions.raw`` in batches (``take_events``): it
+validates, dedupes, tags and bulk-indexes a batch, sends what is invalid to
+``mentions.rejected`` with the reason, and only then lets Faust acknowledge the
+batch's records. Offsets are therefore committed only past mentions that are
+stored (in Elasticsearch) or rejected (in Kafka, acked): a worker killed at any
+point loses nothing, and the records it re-reads overwrite the same documents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+
+from schemas import Rejected
+from streams import pipeline
+from streams.settings import Settings
+from streams.sinks.elasticsearch import ElasticsearchSink
+
+log = logging.getLogger(__name__)
+
+#: called with the new documents of every batch (the counting of alerting hooks in here)
+OnIndexed = Callable[[list[dict[str, Any]], "faust.types.EventT"], Awaitable[None]]
+
+
+@dataclass
+class Throughput:
+    """Running totals, logged every ``every`` seconds so an operator sees progress."""
+
+    every: float = 10.0
+    records: int = 0
+    mentions: int = 0
+    created: int = 0
+    rejected: int = 0
+    _last_log: float = field(default_factory=time.monotonic)
+    _last_mentions: int = 0
+
+    def add(self, batch: pipeline.Batch, created: int, refused: int) -> None:
+        self.records += batch.records
+        self.mentions += batch.mentions_in
+        self.created += created
+        self.rejected += len(batch.rejected) + refused
+        now = time.monotonic()
+        if now - self._last_log >= self.every:
+            rate = (self.mentions - self._last_mentions) / (now - self._last_log)
+            log.info("indexed %d mentions (%d new, %d rejected) from %d records; %.0f mentions/s",
+                     self.mentions, self.created, self.rejected, self.records, rate)
+            self._last_log, self._last_mentions = now, self.mentions
+
+
+def register(app: faust.App, settings: Settings, tagger: pipeline.TaggerLike, sink: ElasticsearchSink,
+             on_indexed: OnIndexed | None = None) -> Throughput:
+    raw = app.topic(settings.topic_raw, value_serializer="raw", key_serializer="raw",
+                    partitions=settings.raw_partitions)
+    rejected_topic = app.topic(settings.topic_rejected, value_serializer="raw", key_serializer="raw",
+                               partitions=1)
+    stats = Throughput()
+
+    async def send_rejected(items: list[Rejected]) -> None:
+        futures = [await rejected_topic.send(key=None, value=item.model_dump_json().encode())
+                   for item in items]
+        # Wait for the broker's acknowledgement: the source records are acked right after.
+        await asyncio.gather(*futures)
+
+    @app.agent(raw, name="index-mentions")
+    async def index_mentions(stream: faust.StreamT[Any]) -> None:
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
+            records = [pipeline.RawRecord(e.value, e.message.topic, e.message.partition, e.message.offset)
+                       for e in events]
+            batch = pipeline.process(records, tagger)
+            result = await sink.write(batch.docs)
+            if result.refused:
+                docs = {d["id"]: d for d in batch.docs}
+                batch.rejected.extend(
+                    pipeline.refused_document(docs[doc_id], reason, settings.index_mentions)
+                    for doc_id, reason in result.refused)
+            if batch.rejected:
+                await send_rejected(batch.rejected)
+            if on_indexed is not None and result.created:
+                created = set(result.created)
+                await on_indexed([d for d in batch.docs if d["id"] in created], events[-1])
+            stats.add(batch, len(result.created), len(result.refused))
+
+    @app.timer(5.0)
+    async def reload_taxonomy() -> None:
+        reload = getattr(tagger, "maybe_reload", None)
+        if reload is not None and reload():
+            log.info("taxonomy reloaded: now %s", tagger.version)
+
+    return stats
