@@ -1,0 +1,146 @@
+"""What a topic's count usually is at this time of day and day of week, learned online.
+
+A multiplicative Holt-Winters model: ``expected = level * hour_of_day * day_of_week``.
+The level follows slow drifts in how much a topic is talked about; the two
+seasonal profiles (24 hourly factors, interpolated between hour centres, and 7
+daily factors, each averaging 1) carry the daily and weekly rhythm of citizens.
+The burstiness around that expectation is tracked as a negative-binomial
+dispersion ``alpha`` (variance = mean + alpha * mean^2).
+
+Rates are given as half-lives in time, not in rows, so the same settings work
+for per-minute counts in the stream and 5-minute counts in a backtest. The
+whole state is a small dict of floats so it can live in a Faust table
+changelog and survive a worker restart.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+HOURS = 24
+DAYS = 7
+# Counts are never expected to be exactly zero: a topic that has been quiet for
+# days still gets the odd mention, and a zero mean makes every mention "infinitely" surprising.
+MIN_EXPECTED = 0.05
+
+
+def decay(minutes: float, half_life_minutes: float) -> float:
+    """Weight of a new observation in an exponential average with this half-life."""
+    if half_life_minutes <= 0:
+        return 1.0
+    return 1.0 - 0.5 ** (max(minutes, 0.0) / half_life_minutes)
+
+
+@dataclass(frozen=True)
+class BaselineRates:
+    level_half_life_minutes: float = 12 * 60
+    # A half-life in days of that hour's own observations: each hourly factor only
+    # learns during (about) its hour, so it is measured in "hours of that hour seen".
+    daily_half_life_days: float = 7.0
+    weekly_half_life_weeks: float = 4.0
+    dispersion_half_life_minutes: float = 3 * 24 * 60
+    initial_dispersion: float = 0.1
+
+
+class SeasonalBaseline:
+    """Online expectation of the next count, with no look-ahead."""
+
+    def __init__(self, rates: BaselineRates, zone: ZoneInfo, state: dict[str, Any] | None = None):
+        self.rates = rates
+        self.zone = zone
+        state = state or {}
+        self.level: float | None = state.get("level")
+        self.hourly: list[float] = list(state.get("hourly") or [1.0] * HOURS)
+        self.weekly: list[float] = list(state.get("weekly") or [1.0] * DAYS)
+        # Dispersion as a ratio of two averages, E[(x-m)^2 - x] / E[m^2]: far steadier on
+        # low counts than averaging the per-row ratio, which one stray mention can swing.
+        self.excess_var: float = float(state.get("excess_var", 0.0))
+        self.mean_sq: float = float(state.get("mean_sq", 0.0))
+        self.last_ts: float | None = state.get("last_ts")
+        self.first_ts: float | None = state.get("first_ts")
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "level": self.level,
+            "hourly": list(self.hourly),
+            "weekly": list(self.weekly),
+            "excess_var": self.excess_var,
+            "mean_sq": self.mean_sq,
+            "last_ts": self.last_ts,
+            "first_ts": self.first_ts,
+        }
+
+    def _position(self, ts: datetime) -> tuple[int, int, float, int]:
+        local = ts.astimezone(self.zone)
+        # Factors sit at hour centres; interpolating avoids a step every hour on the hour.
+        pos = local.hour + local.minute / 60.0 + local.second / 3600.0 - 0.5
+        base = math.floor(pos)
+        return base % HOURS, (base + 1) % HOURS, pos - base, local.weekday()
+
+    def expected(self, ts: datetime) -> float:
+        """The usual count for a row at ``ts`` (before any calendar override)."""
+        if self.level is None:
+            return MIN_EXPECTED
+        h0, h1, w, day = self._position(ts)
+        hour = (1.0 - w) * self.hourly[h0] + w * self.hourly[h1]
+        return max(self.level * hour * self.weekly[day], MIN_EXPECTED)
+
+    @property
+    def dispersion(self) -> float:
+        if self.mean_sq <= 0:
+            return self.rates.initial_dispersion
+        return max(self.excess_var / self.mean_sq, 0.0)
+
+    def minutes_seen(self, ts: datetime) -> float:
+        if self.first_ts is None:
+            return 0.0
+        return (ts.timestamp() - self.first_ts) / 60.0
+
+    def update(self, ts: datetime, value: float) -> None:
+        """Learn from one row. ``value`` is already clipped and de-seasonalised for overrides."""
+        now = ts.timestamp()
+        if self.level is None:
+            self.level = max(float(value), MIN_EXPECTED)
+            self.first_ts = self.last_ts = now
+            return
+        minutes = (now - self.last_ts) / 60.0 if self.last_ts is not None else 0.0
+        self.last_ts = now
+        if minutes <= 0:
+            return
+        rates = self.rates
+        h0, h1, w, day = self._position(ts)
+        hour = (1.0 - w) * self.hourly[h0] + w * self.hourly[h1]
+        week = self.weekly[day]
+        mean = max(self.level * hour * week, MIN_EXPECTED)
+
+        # Dispersion first, against the expectation the row was scored with.
+        a_disp = decay(minutes, rates.dispersion_half_life_minutes)
+        self.excess_var += a_disp * ((value - mean) ** 2 - value - self.excess_var)
+        self.mean_sq += a_disp * (mean * mean - self.mean_sq)
+
+        a_level = decay(minutes, rates.level_half_life_minutes)
+        self.level = max(
+            self.level + a_level * (value / max(hour * week, 1e-6) - self.level), MIN_EXPECTED / 10
+        )
+
+        a_hour = decay(minutes, rates.daily_half_life_days * 60.0)
+        error = value / max(self.level * week, 1e-9) - hour
+        self.hourly[h0] = max(self.hourly[h0] + a_hour * (1.0 - w) * error, 0.01)
+        self.hourly[h1] = max(self.hourly[h1] + a_hour * w * error, 0.01)
+        _normalise(self.hourly)
+
+        a_week = decay(minutes, rates.weekly_half_life_weeks * 24 * 60.0)
+        error = value / max(self.level * hour, 1e-9) - week
+        self.weekly[day] = max(self.weekly[day] + a_week * error, 0.01)
+        _normalise(self.weekly)
+
+
+def _normalise(factors: list[float]) -> None:
+    # Factors average 1 so that the level alone carries "how busy is this topic".
+    mean = sum(factors) / len(factors)
+    for i, f in enumerate(factors):
+        factors[i] = f / mean

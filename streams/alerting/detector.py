@@ -1,0 +1,296 @@
+"""Is this row's count a spike for its topic? Pure code shared by the stream and ``earful detect``.
+
+    det = Detector(cfg.for_topic("outage"))          # or Detector.from_state(cfg, state)
+    obs = det.observe(ts, count)                      # one row at a time, no look-ahead
+    obs.expected, obs.anomaly_score, obs.is_anomalous, obs.severity
+    det.state()                                       # JSON-serialisable, for the table changelog
+
+Each row is scored against a seasonal baseline (``baseline.py``) with a
+negative-binomial upper tail: a Poisson tail is far too confident once chatter
+is bursty, while the learned dispersion keeps a busy topic's normal wobble
+quiet. A count floor keeps "2 mentions instead of 0" from paging anyone, and
+calendar overrides raise the expectation over known busy periods (lodgement
+deadlines, campaigns) so they are expected rather than alerted on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from streams.alerting.baseline import BaselineRates, SeasonalBaseline
+
+SEVERITIES = ("info", "minor", "major", "critical")
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CalendarOverride:
+    """A known busy period: expect ``multiplier`` times the usual level in [start, end)."""
+
+    start: datetime
+    end: datetime
+    multiplier: float
+    topics: tuple[str, ...] | None = None  # None: every topic
+    name: str = ""
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CalendarOverride:
+        topics = d.get("topics")
+        return cls(
+            start=_as_datetime(d["start"]),
+            end=_as_datetime(d["end"]),
+            multiplier=float(d["multiplier"]),
+            topics=tuple(topics) if topics else None,
+            name=str(d.get("name", "")),
+        )
+
+    def applies(self, ts: datetime, topic: str | None) -> bool:
+        if self.topics is not None and topic not in self.topics:
+            return False
+        return self.start <= ts < self.end
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Spike detection settings for one series; ``for_topic`` applies per-topic sensitivity."""
+
+    # Local time of the agency's citizens: "lunchtime" and "Monday" are theirs.
+    timezone: str = "UTC"
+    # anomaly_score a row needs to be anomalous; lower is more sensitive.
+    threshold: float = 0.5
+    # -log10(tail probability) that maps to anomaly_score 0.5.
+    score_scale: float = 6.0
+    # A count below this is never a spike, however quiet the topic usually is.
+    min_count: float = 5.0
+    level_half_life_minutes: float = 12 * 60
+    daily_half_life_days: float = 2.0
+    weekly_half_life_weeks: float = 4.0
+    dispersion_half_life_minutes: float = 3 * 24 * 60
+    # Even a calm topic is burstier than Poisson: people reply to each other.
+    min_dispersion: float = 0.02
+    # The baseline learns from at most this many standard deviations above expected,
+    # so a spike does not teach the baseline that spikes are normal.
+    clip_sigmas: float = 3.0
+    # No alerts until the baseline has seen this much history.
+    warmup_minutes: float = 24 * 60
+    # An alert episode reopens only after this many quiet rows.
+    reopen_after: int = 12
+    # value/expected ratios for minor, major, critical (below the first: info).
+    severity_ratios: tuple[float, float, float] = (2.0, 4.0, 10.0)
+    # -log10(tail probability) for minor, major, critical.
+    severity_surprise: tuple[float, float, float] = (8.0, 12.0, 20.0)
+    overrides: tuple[CalendarOverride, ...] = ()
+    # Per-topic settings (threshold, min_count, ...) applied by for_topic().
+    topics: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    topic: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError("threshold must be in (0, 1]")
+        if self.min_dispersion <= 0:
+            raise ValueError("min_dispersion must be positive")
+        if self.reopen_after < 0:
+            raise ValueError("reopen_after must be >= 0")
+        ZoneInfo(self.timezone)  # fail at load time, not on the first row
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> DetectorConfig:
+        """From a YAML mapping; unknown keys are an error so a typo cannot silently do nothing."""
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown detector settings: {', '.join(sorted(unknown))}")
+        zone = ZoneInfo(str(d.get("timezone", "UTC")))
+        if "overrides" in d:
+            d["overrides"] = tuple(
+                _localise(CalendarOverride.from_dict(o), zone) for o in d["overrides"] or ()
+            )
+        for name in ("severity_ratios", "severity_surprise"):
+            if name in d:
+                d[name] = tuple(float(x) for x in d[name])
+        if "topics" in d:
+            d["topics"] = {str(k): dict(v or {}) for k, v in (d["topics"] or {}).items()}
+        return cls(**d)
+
+    def for_topic(self, topic: str) -> DetectorConfig:
+        """This config with the topic's own sensitivity, and only the overrides meant for it."""
+        own = dict(self.topics.get(topic, {}))
+        for key in ("topics", "topic", "overrides"):
+            own.pop(key, None)
+        return replace(self, topic=topic, **own)
+
+
+@dataclass(frozen=True)
+class Observation:
+    ts: datetime
+    value: float
+    expected: float
+    anomaly_score: float
+    is_anomalous: bool
+    severity: str | None
+
+
+class Detector:
+    """Online spike detector for one count series at a fixed resolution."""
+
+    def __init__(self, cfg: DetectorConfig, _state: Mapping[str, Any] | None = None):
+        self.cfg = cfg
+        self.zone = ZoneInfo(cfg.timezone)
+        self._overrides = tuple(_localise(o, self.zone) for o in cfg.overrides)
+        rates = BaselineRates(
+            level_half_life_minutes=cfg.level_half_life_minutes,
+            daily_half_life_days=cfg.daily_half_life_days,
+            weekly_half_life_weeks=cfg.weekly_half_life_weeks,
+            dispersion_half_life_minutes=cfg.dispersion_half_life_minutes,
+        )
+        baseline_state = dict(_state["baseline"]) if _state else None
+        self.baseline = SeasonalBaseline(rates, self.zone, baseline_state)
+
+    @classmethod
+    def from_state(cls, cfg: DetectorConfig, state: Mapping[str, Any]) -> Detector:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"unknown detector state version {state.get('version')!r}")
+        return cls(cfg, state)
+
+    def state(self) -> dict[str, Any]:
+        return {"version": STATE_VERSION, "baseline": self.baseline.state()}
+
+    def multiplier(self, ts: datetime) -> float:
+        """Product of the calendar overrides in force at ``ts`` for this topic."""
+        m = 1.0
+        for o in self._overrides:
+            if o.applies(ts, self.cfg.topic):
+                m *= o.multiplier
+        return m
+
+    def observe(self, ts: datetime, value: float) -> Observation:
+        cfg = self.cfg
+        ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
+        value = float(value)
+        usual = self.baseline.expected(ts)
+        multiplier = self.multiplier(ts)
+        expected = usual * multiplier
+        dispersion = max(self.baseline.dispersion, cfg.min_dispersion)
+
+        surprise = 0.0
+        warmed_up = self.baseline.minutes_seen(ts) >= cfg.warmup_minutes
+        if warmed_up and value >= cfg.min_count and value > expected:
+            surprise = -nb_log_sf(value, expected, dispersion) / math.log(10)
+        score = surprise / (surprise + cfg.score_scale) if surprise > 0 else 0.0
+        anomalous = score >= cfg.threshold
+        severity = self._severity(value / expected, surprise) if anomalous else None
+
+        # Learn the usual level: undo the override, and clip so a spike is not learned as normal.
+        plain = value / multiplier
+        ceiling = usual + cfg.clip_sigmas * math.sqrt(usual + dispersion * usual * usual)
+        if self.baseline.level is not None:
+            plain = min(plain, ceiling)
+        self.baseline.update(ts, plain)
+        return Observation(ts, value, expected, score, anomalous, severity)
+
+    def _severity(self, ratio: float, surprise: float) -> str:
+        # The lower of "how large" and "how improbable": a 12x on a topic that usually
+        # gets one mention an hour is not critical, and neither is a wildly improbable +20%.
+        by_ratio = sum(ratio >= r for r in self.cfg.severity_ratios)
+        by_surprise = sum(surprise >= s for s in self.cfg.severity_surprise)
+        return SEVERITIES[min(by_ratio, by_surprise)]
+
+
+def alert_opens(anomalous: Iterable[bool], reopen_after: int) -> list[bool]:
+    """Rows where an alert episode opens: anomalous after at least ``reopen_after`` quiet rows."""
+    opens: list[bool] = []
+    quiet = reopen_after  # the series starts quiet
+    for flag in anomalous:
+        opens.append(bool(flag) and quiet >= reopen_after)
+        quiet = 0 if flag else quiet + 1
+    return opens
+
+
+# -- the negative-binomial tail ----------------------------------------------
+
+
+def nb_log_sf(k: float, mean: float, dispersion: float) -> float:
+    """ln P(X >= k) for X negative binomial with this mean and variance mean + dispersion*mean^2.
+
+    P(X >= k) is the regularised incomplete beta I_x(k, r) with r = 1/dispersion and
+    x = mean/(mean + r); computed in log space so tiny tails stay comparable.
+    """
+    if k <= 0:
+        return 0.0
+    r = 1.0 / dispersion
+    x = mean / (mean + r)
+    return _log_betainc(k, r, x)
+
+
+_TINY = 1e-300
+
+
+def _log_betainc(a: float, b: float, x: float) -> float:
+    if x <= 0.0:
+        return -math.inf
+    if x >= 1.0:
+        return 0.0
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    if x < (a + 1.0) / (a + b + 2.0):
+        return log_front + math.log(_betacf(a, b, x)) - math.log(a)
+    rest = math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+    return math.log1p(-min(rest, 1.0 - 1e-16))
+
+
+def _betacf(a: float, b: float, x: float, max_iter: int = 5000, eps: float = 1e-12) -> float:
+    # Lentz's continued fraction for the incomplete beta function.
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c = 1.0
+    d = 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > _TINY else _TINY)
+    h = d
+    for m in range(1, max_iter + 1):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > _TINY else _TINY)
+        c = 1.0 + aa / c
+        c = c if abs(c) > _TINY else _TINY
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > _TINY else _TINY)
+        c = 1.0 + aa / c
+        c = c if abs(c) > _TINY else _TINY
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < eps:
+            break
+    return h
+
+
+# -- config parsing helpers -----------------------------------------------------
+
+
+def _as_datetime(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, date):  # YAML reads a bare 2025-10-31 as a date
+        return datetime(value.year, value.month, value.day)
+    return datetime.fromisoformat(str(value))
+
+
+def _localise(o: CalendarOverride, zone: ZoneInfo) -> CalendarOverride:
+    # A naive time in config is the agency's local time ("31 October 23:59"), not UTC.
+    start = o.start if o.start.tzinfo else o.start.replace(tzinfo=zone)
+    end = o.end if o.end.tzinfo else o.end.replace(tzinfo=zone)
+    return replace(o, start=start, end=end)
+
+
+def score_series(rows: Sequence[tuple[datetime, float]], cfg: DetectorConfig) -> list[Observation]:
+    """Score a whole series in order (a backtest), with a fresh detector."""
+    det = Detector(cfg)
+    return [det.observe(ts, v) for ts, v in rows]

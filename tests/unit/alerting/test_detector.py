@@ -1,0 +1,191 @@
+from __future__ import annotations
+
+import json
+import math
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from streams.alerting.detector import (
+    CalendarOverride,
+    Detector,
+    DetectorConfig,
+    Observation,
+    alert_opens,
+    nb_log_sf,
+)
+
+START = datetime(2025, 3, 3, tzinfo=UTC)  # a Monday
+MINUTE = timedelta(minutes=1)
+
+
+def poisson(rng: random.Random, lam: float) -> int:
+    # Knuth's method: exact, and fast enough for the small rates used here.
+    limit, k, p = math.exp(-lam), 0, rng.random()
+    while p > limit:
+        k += 1
+        p *= rng.random()
+    return k
+
+
+def daily_rate(ts: datetime) -> float:
+    """Quiet at night, busiest at 14:00 (30/min at the peak, 3/min at 02:00)."""
+    hour = ts.hour + ts.minute / 60
+    return 16.5 + 13.5 * math.cos((hour - 14) / 24 * 2 * math.pi)
+
+
+def daily_series(days: int, seed: int = 7) -> list[tuple[datetime, float]]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(days * 24 * 60):
+        ts = START + i * MINUTE
+        rows.append((ts, float(poisson(rng, daily_rate(ts)))))
+    return rows
+
+
+def run(det: Detector, rows: list[tuple[datetime, float]]) -> list[Observation]:
+    return [det.observe(ts, v) for ts, v in rows]
+
+
+@pytest.fixture(scope="module")
+def two_weeks() -> list[tuple[datetime, float]]:
+    return daily_series(14)
+
+
+def test_the_usual_daily_peak_raises_no_alert(two_weeks):
+    obs = run(Detector(DetectorConfig()), two_weeks)
+    after_first_week = [o for o in obs if o.ts >= START + timedelta(days=7)]
+    peak = [o for o in after_first_week if 13 <= o.ts.hour < 15]
+    assert peak and not any(o.is_anomalous for o in after_first_week)
+    # The baseline learned the cycle: expected near 30/min at the peak, near 3/min at night.
+    assert 24 < sum(o.expected for o in peak) / len(peak) < 35
+    night = [o for o in after_first_week if o.ts.hour == 2]
+    assert sum(o.expected for o in night) / len(night) < 8
+
+
+def test_a_tenfold_burst_is_flagged_on_its_first_row(two_weeks):
+    ts = START + timedelta(days=13, hours=10)
+    det = Detector(DetectorConfig())
+    run(det, [row for row in two_weeks if row[0] < ts])
+    first = det.observe(ts, 10 * daily_rate(ts))
+    assert first.is_anomalous
+    assert first.severity in ("major", "critical")
+    assert first.anomaly_score > 0.5
+
+
+@pytest.mark.parametrize("count", [2, 4])
+def test_a_few_mentions_after_silence_is_not_a_spike(count):
+    rows = [(START + i * MINUTE, 0.0) for i in range(3 * 24 * 60)]
+    det = Detector(DetectorConfig())
+    run(det, rows)
+    ts = rows[-1][0] + MINUTE
+    obs = det.observe(ts, count)
+    assert not obs.is_anomalous and obs.severity is None and obs.anomaly_score == 0
+    # It is the floor that keeps it quiet: without one the same count is a detectable surprise.
+    bare = Detector(DetectorConfig(min_count=0, threshold=0.2))
+    run(bare, rows)
+    assert bare.observe(ts, count).is_anomalous
+
+
+def test_a_declared_busy_period_is_expected_not_alerted(two_weeks):
+    deadline = START + timedelta(days=14, hours=12)
+    busy = [(deadline + i * MINUTE, 4.0 * daily_rate(deadline + i * MINUTE)) for i in range(120)]
+    override = CalendarOverride(deadline, deadline + timedelta(hours=2), 4.0, name="lodgement day")
+
+    plain = Detector(DetectorConfig())
+    run(plain, two_weeks)
+    assert any(o.is_anomalous for o in run(plain, busy))
+
+    warned = Detector(DetectorConfig(overrides=(override,)))
+    run(warned, two_weeks)
+    obs = run(warned, busy)
+    assert not any(o.is_anomalous for o in obs)
+    assert obs[0].expected > 3 * daily_rate(deadline)
+
+
+def test_an_override_for_another_topic_does_not_apply(two_weeks):
+    deadline = START + timedelta(days=14, hours=12)
+    override = CalendarOverride(deadline, deadline + timedelta(hours=2), 4.0, topics=("refund",))
+    cfg = DetectorConfig(overrides=(override,))
+    det = Detector(cfg.for_topic("outage"))
+    run(det, two_weeks)
+    assert det.observe(deadline, 4.0 * daily_rate(deadline)).is_anomalous
+    assert Detector(cfg.for_topic("refund")).multiplier(deadline) == 4.0
+
+
+def test_state_round_trip_continues_identically(two_weeks):
+    rows = two_weeks[: 3 * 24 * 60]
+    rows.append((rows[-1][0] + MINUTE, 400.0))
+    rows += [(rows[-1][0] + (i + 1) * MINUTE, v) for i, (_, v) in enumerate(two_weeks[:600])]
+    cut = 2 * 24 * 60 + 17
+    whole = run(Detector(DetectorConfig()), rows)
+
+    first = Detector(DetectorConfig())
+    run(first, rows[:cut])
+    state = json.loads(json.dumps(first.state()))
+    resumed = Detector.from_state(DetectorConfig(), state)
+    assert run(resumed, rows[cut:]) == whole[cut:]
+    assert any(o.is_anomalous for o in whole[cut:])
+
+
+def test_scores_never_depend_on_later_rows(two_weeks):
+    rows = two_weeks[: 2 * 24 * 60]
+    rows[2000] = (rows[2000][0], 500.0)
+    prefix = run(Detector(DetectorConfig()), rows[:2001])
+    full = run(Detector(DetectorConfig()), rows)
+    assert full[:2001] == prefix
+    assert prefix[-1].is_anomalous
+
+
+def test_severity_grows_with_the_spike(two_weeks):
+    ts = START + timedelta(days=13, hours=14)
+    det = Detector(DetectorConfig())
+    run(det, [row for row in two_weeks if row[0] < ts])
+    state = det.state()
+    severities = []
+    for factor in (3, 5, 20):
+        probe = Detector.from_state(DetectorConfig(), state)
+        severities.append(probe.observe(ts, factor * daily_rate(ts)).severity)
+    assert severities == ["minor", "major", "critical"]
+
+
+def test_config_from_dict_with_overrides_and_topics():
+    cfg = DetectorConfig.from_dict(
+        {
+            "timezone": "Australia/Sydney",
+            "threshold": 0.6,
+            "overrides": [
+                {"start": "2025-10-31T00:00", "end": "2025-11-01T00:00", "multiplier": 3,
+                 "topics": ["due_date"], "name": "individual returns due"}
+            ],
+            "topics": {"outage": {"threshold": 0.4, "min_count": 3}},
+        }
+    )
+    assert cfg.for_topic("outage").threshold == 0.4
+    assert cfg.for_topic("outage").min_count == 3
+    assert cfg.for_topic("refund").threshold == 0.6
+    # Naive override times are the agency's local time: midnight in Sydney is 13:00 UTC.
+    det = Detector(cfg.for_topic("due_date"))
+    assert det.multiplier(datetime(2025, 10, 30, 13, 0, tzinfo=UTC)) == 3
+    assert det.multiplier(datetime(2025, 10, 30, 12, 59, tzinfo=UTC)) == 1
+    with pytest.raises(ValueError, match="unknown detector settings"):
+        DetectorConfig.from_dict({"treshold": 0.5})
+
+
+def test_alert_opens_after_enough_quiet_rows():
+    flags = [0, 1, 1, 0, 1, 0, 0, 1, 0, 0, 0]
+    assert alert_opens([bool(f) for f in flags], 2) == [
+        False, True, False, False, False, False, False, True, False, False, False
+    ]
+
+
+@pytest.mark.parametrize(("k", "mean", "dispersion"), [(1, 0.5, 0.1), (5, 2, 0.05), (30, 10, 0.1), (150, 100, 0.02)])
+def test_negative_binomial_tail_matches_the_sum_of_its_pmf(k, mean, dispersion):
+    r = 1 / dispersion
+    p = r / (r + mean)
+    below = sum(
+        math.exp(math.lgamma(x + r) - math.lgamma(r) - math.lgamma(x + 1) + r * math.log(p) + x * math.log1p(-p))
+        for x in range(k)
+    )
+    assert nb_log_sf(k, mean, dispersion) == pytest.approx(math.log(1 - below), rel=1e-9)
