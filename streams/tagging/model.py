@@ -1,0 +1,183 @@
+"""The learned tier: a linear text classifier trained from labelled posts.
+
+TF-IDF over word 1-2-grams and character 2-5-grams (within words, so spelling variants
+and hashtag fragments still share features), one logistic regression per topic
+(one-vs-rest). Linear models are small, fast to apply to one post, and their weights
+can be read when a tag needs explaining.
+
+Each topic gets its own threshold, chosen on cross-validated predictions over the
+training rows only, for the decision the tagger actually makes ("a rule matched, or the
+model's probability is at or above the threshold"), so the threshold accounts for what
+the rules already catch.
+
+A model file is a joblib pickle: load only model files you made or trust. Its metadata
+(version, taxonomy it was trained for, topics, thresholds, training size) is also written
+beside it as ``MODEL.json`` so it can be read without unpickling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = 1
+
+
+class ModelError(ValueError):
+    """The model file cannot be read, or does not fit the taxonomy."""
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    version: str
+    taxonomy: str | None  # taxonomy name it was trained for
+    taxonomy_hash: str | None
+    topics: tuple[str, ...]
+    thresholds: dict[str, float]
+    trained_at: str
+    examples: int
+    positives: dict[str, int]
+    params: dict[str, Any] = field(default_factory=dict)
+    format: int = FORMAT
+
+
+@dataclass(frozen=True)
+class TopicModel:
+    pipeline: Any  # sklearn Pipeline: features -> OneVsRestClassifier
+    meta: ModelMeta
+
+    @property
+    def version(self) -> str:
+        return self.meta.version
+
+    def predict(self, texts: Sequence[str]) -> list[dict[str, float]]:
+        """Probability per topic for each text (texts in model form, see Normalized.for_model)."""
+        if not texts:
+            return []
+        probs = np.asarray(self.pipeline.predict_proba(list(texts)))
+        topics = self.meta.topics
+        return [{t: float(p) for t, p in zip(topics, row, strict=True)} for row in probs]
+
+    def predict_one(self, text: str) -> dict[str, float]:
+        return self.predict([text])[0]
+
+    def save(self, path: Path) -> None:
+        import joblib
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        joblib.dump({"format": FORMAT, "pipeline": self.pipeline, "meta": asdict(self.meta)}, path, compress=("xz", 6))
+        path.with_suffix(".json").write_text(json.dumps(asdict(self.meta), indent=2, sort_keys=True) + "\n")
+
+
+def load(path: Path) -> TopicModel:
+    import joblib
+
+    try:
+        blob = joblib.load(Path(path))
+    except FileNotFoundError as exc:
+        raise ModelError(f"no model file {path}") from exc
+    except Exception as exc:  # a truncated or foreign pickle fails in many ways
+        raise ModelError(f"cannot read model {path}: {exc}") from exc
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise ModelError(f"{path}: not an earful model (format {FORMAT})")
+    meta = dict(blob["meta"])
+    meta["topics"] = tuple(meta["topics"])
+    return TopicModel(blob["pipeline"], ModelMeta(**meta))
+
+
+DEFAULT_PARAMS: dict[str, Any] = {
+    "word_max_features": 20000,
+    "char_max_features": 30000,
+    "C": 8.0,
+    "class_weight": "balanced",
+    "cv_folds": 5,
+}
+
+
+def _pipeline(params: dict[str, Any]) -> Any:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.pipeline import FeatureUnion, Pipeline
+
+    features = FeatureUnion(
+        [
+            ("word", TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True,
+                                     max_features=params["word_max_features"], dtype=np.float32)),
+            ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2, sublinear_tf=True,
+                                     max_features=params["char_max_features"], dtype=np.float32)),
+        ]
+    )
+    clf = OneVsRestClassifier(
+        LogisticRegression(C=params["C"], class_weight=params["class_weight"], max_iter=2000, solver="liblinear")
+    )
+    return Pipeline([("features", features), ("clf", clf)])
+
+
+def _best_threshold(y: np.ndarray, prob: np.ndarray, ruled: np.ndarray) -> float:
+    best_t, best_f1 = 0.5, -1.0
+    for t in np.arange(0.05, 0.96, 0.025):
+        pred = ruled | (prob >= t)
+        tp = int((pred & y).sum())
+        fp = int((pred & ~y).sum())
+        fn = int((~pred & y).sum())
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+        if f1 > best_f1:
+            best_t, best_f1 = float(round(t, 3)), f1
+    return best_t
+
+
+def train(
+    texts: Sequence[str],
+    labels: Sequence[frozenset[str]],
+    topics: Sequence[str],
+    *,
+    rule_hits: Sequence[frozenset[str]] | None = None,
+    taxonomy: str | None = None,
+    taxonomy_hash: str | None = None,
+    name: str = "model",
+    params: dict[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> TopicModel:
+    """Fit on (model-form) texts; ``rule_hits`` are the topics the rules tag per text."""
+    from sklearn.model_selection import KFold, cross_val_predict
+
+    p = {**DEFAULT_PARAMS, **(params or {})}
+    topics = tuple(sorted(t for t in set(topics) if any(t in ls for ls in labels)))
+    if not topics:
+        raise ModelError("no labelled examples for any topic")
+    y = np.array([[t in ls for t in topics] for ls in labels], dtype=bool)
+    ruled = np.array(
+        [[t in hits for t in topics] for hits in (rule_hits or [frozenset()] * len(texts))], dtype=bool
+    )
+    say = progress or (lambda _msg: None)
+    say(f"cross-validating {len(texts)} examples, {len(topics)} topics")
+    folds = KFold(n_splits=p["cv_folds"], shuffle=True, random_state=0)
+    cv_prob = cross_val_predict(_pipeline(p), list(texts), y.astype(int), cv=folds, method="predict_proba")
+    thresholds = {t: _best_threshold(y[:, i], cv_prob[:, i], ruled[:, i]) for i, t in enumerate(topics)}
+    say("fitting on all training examples")
+    pipeline = _pipeline(p).fit(list(texts), y.astype(int))
+    digest = hashlib.sha256()
+    digest.update(json.dumps([taxonomy_hash, p, topics], sort_keys=True).encode())
+    for text, ls in zip(texts, labels, strict=True):
+        digest.update(text.encode() + b"\x1f" + ",".join(sorted(ls)).encode() + b"\x1e")
+    meta = ModelMeta(
+        version=f"{name}@{digest.hexdigest()[:8]}",
+        taxonomy=taxonomy,
+        taxonomy_hash=taxonomy_hash,
+        topics=topics,
+        thresholds=thresholds,
+        trained_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        examples=len(texts),
+        positives={t: int(y[:, i].sum()) for i, t in enumerate(topics)},
+        params=p,
+    )
+    return TopicModel(pipeline, meta)
