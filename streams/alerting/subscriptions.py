@@ -1,0 +1,328 @@
+"""Subscriptions: who hears about which topics, at which severity, through which channel.
+
+YAML, either a list or a mapping with a ``subscriptions`` list (the ``subscriptions`` key of
+deploy/earful.yaml)::
+
+    - name: ops-oncall
+      topics: [outage, login_identity]     # omitted or empty: every topic
+      sources: []                          # omitted or empty: topic-wide alerts only (see below)
+      min_severity: major
+      cooldown: 15m                        # per subscription and topic
+      quiet_hours: {start: "22:00", end: "07:00", timezone: Australia/Sydney}
+      digest: 1h                           # optional: one message per period
+      channel:
+        type: webhook                      # webhook | slack | teams | email | pagerduty
+        url: ${OPS_WEBHOOK_URL}
+        secret: ${file:/run/secrets/ops_webhook_secret}
+
+The detector tracks each topic overall and per source, so one spike can raise both a topic-wide
+alert and per-source alerts. Without ``sources`` a subscription gets the topic-wide alert only
+(one message per spike); ``sources: [reddit]`` gets that source's alerts; ``["*"]`` gets all.
+
+Rules the dispatcher applies (see delivery.py):
+
+- Quiet hours: only critical alerts go through; everything else is held and sent when the quiet
+  hours end (the latest event of each alert, so a night's worth of updates is one message).
+- Cooldown: after a message about a topic, further open/update events of that topic are held
+  until the cooldown ends; resolves and critical alerts are not held back.
+- Digest: events are collected and sent as one message per period, on period boundaries.
+
+Secrets: any string may be ``${ENV_NAME}`` (an environment variable) or ``${file:/path}`` (a
+secret file, trailing newline dropped). Webhook URLs must be http(s). They are kept as
+``SecretStr`` and only ever shown through ``redact_url`` (scheme and host), including in the
+errors this module raises.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from schemas.records import Alert, Severity
+
+__all__ = [
+    "Channel",
+    "EmailChannel",
+    "PagerDutyChannel",
+    "QuietHours",
+    "SlackChannel",
+    "Subscription",
+    "SubscriptionError",
+    "TeamsChannel",
+    "WebhookChannel",
+    "load_subscriptions",
+    "parse_subscriptions",
+    "redact_url",
+]
+
+_RANK = {"info": 0, "minor": 1, "major": 2, "critical": 3}
+_REF = re.compile(r"\$\{([^}]+)\}")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+class SubscriptionError(ValueError):
+    """The subscriptions file is wrong; the message says where, and never shows a secret."""
+
+
+
+def redact_url(url: str | SecretStr | None) -> str:
+    """Scheme and host only: the path and query of a webhook URL are its secret."""
+    if url is None:
+        return "<no url>"
+    raw = url.get_secret_value() if isinstance(url, SecretStr) else url
+    try:
+        parts = urlsplit(raw)
+        host = parts.hostname
+    except ValueError:
+        return "<invalid url>"
+    if not parts.scheme or not host:
+        return "<invalid url>"
+    return f"{parts.scheme}://{host}"
+
+
+def _duration(value: Any) -> Any:
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match is None:
+            raise ValueError("expected a duration like 30s, 15m, 1h or 1d")
+        return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+
+
+def _http_url(value: SecretStr) -> SecretStr:
+    scheme = urlsplit(value.get_secret_value()).scheme.lower()
+    if scheme not in ("http", "https"):
+        # Say what is wrong without echoing the URL: it is a credential.
+        raise ValueError(f"must be an http(s) URL, got scheme {scheme or '(none)'!r}")
+    if not urlsplit(value.get_secret_value()).hostname:
+        raise ValueError("must be an http(s) URL with a host")
+    return value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class WebhookChannel(_Model):
+    type: Literal["webhook"]
+    url: SecretStr
+    secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key for the signature header")
+    timeout: float = Field(default=10.0, gt=0)
+    _check_url = field_validator("url")(_http_url)
+
+
+class SlackChannel(_Model):
+    type: Literal["slack"]
+    url: SecretStr
+    timeout: float = Field(default=10.0, gt=0)
+    _check_url = field_validator("url")(_http_url)
+
+
+class TeamsChannel(_Model):
+    type: Literal["teams"]
+    url: SecretStr
+    timeout: float = Field(default=10.0, gt=0)
+    _check_url = field_validator("url")(_http_url)
+
+
+class PagerDutyChannel(_Model):
+    type: Literal["pagerduty"]
+    routing_key: SecretStr
+    url: SecretStr = SecretStr("https://events.pagerduty.com/v2/enqueue")
+    timeout: float = Field(default=10.0, gt=0)
+    _check_url = field_validator("url")(_http_url)
+
+
+class EmailChannel(_Model):
+    type: Literal["email"]
+    host: str
+    port: int = Field(default=587, gt=0, lt=65536)
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str | None = None
+    password: SecretStr | None = None
+    sender: str = Field(alias="from", min_length=3)
+    to: list[str] = Field(min_length=1)
+    timeout: float = Field(default=20.0, gt=0)
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+Channel = Annotated[
+    WebhookChannel | SlackChannel | TeamsChannel | PagerDutyChannel | EmailChannel,
+    Field(discriminator="type"),
+]
+
+
+class QuietHours(_Model):
+    start: time
+    end: time
+    timezone: str = "Australia/Sydney"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> QuietHours:
+        if self.start == self.end:
+            raise ValueError("start and end are equal: quiet hours would be empty")
+        return self
+
+    def _local(self, now: datetime) -> datetime:
+        return now.astimezone(ZoneInfo(self.timezone))
+
+    def is_quiet(self, now: datetime) -> bool:
+        t = self._local(now).time().replace(tzinfo=None)
+        if self.start < self.end:
+            return self.start <= t < self.end
+        return t >= self.start or t < self.end  # spans midnight
+
+    def ends_after(self, now: datetime) -> datetime:
+        """When the quiet hours around ``now`` end, in UTC (local wall time, DST-aware)."""
+        local = self._local(now)
+        zone = ZoneInfo(self.timezone)
+        end = datetime.combine(local.date(), self.end, tzinfo=zone)
+        if end <= local:
+            end = datetime.combine(local.date() + timedelta(days=1), self.end, tzinfo=zone)
+        return end.astimezone(UTC)
+
+
+class Subscription(_Model):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    channel: Channel
+    topics: list[str] = Field(default_factory=list)
+    sources: list[str] = Field(default_factory=list)
+    min_severity: Severity = "minor"
+    cooldown: Duration = timedelta(0)
+    quiet_hours: QuietHours | None = None
+    digest: Duration | None = None
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _digest_fits_channel(self) -> Subscription:
+        if self.digest is not None:
+            if self.channel.type == "pagerduty":
+                raise ValueError("digest does not apply to pagerduty: incidents are per alert")
+            if self.digest < timedelta(minutes=1):
+                raise ValueError("digest period must be at least 1m")
+        return self
+
+    def matches(self, alert: Alert) -> bool:
+        """Topic, source and severity say this subscriber wants the event."""
+        if not self.enabled:
+            return False
+        if self.topics and "*" not in self.topics and alert.topic not in self.topics:
+            return False
+        if not self.sources:
+            if alert.source is not None:
+                return False
+        elif "*" not in self.sources and alert.source not in self.sources:
+            return False
+        return _RANK[alert.severity] >= _RANK[self.min_severity]
+
+    def digest_due(self, now: datetime) -> datetime:
+        """The end of the digest period ``now`` falls in (periods are aligned on the epoch, UTC)."""
+        assert self.digest is not None
+        period = self.digest.total_seconds()
+        epoch = now.timestamp()
+        return datetime.fromtimestamp((epoch // period + 1) * period, UTC)
+
+
+def _resolve_refs(value: Any, where: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _resolve_refs(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_refs(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def expand(match: re.Match[str]) -> str:
+        ref = match.group(1).strip()
+        if ref.startswith("file:"):
+            path = Path(ref[5:])
+            try:
+                return path.read_text().rstrip("\r\n")
+            except OSError as exc:
+                raise SubscriptionError(f"{where}: cannot read secret file {path}: {exc.strerror}") from None
+        if ref not in os.environ:
+            raise SubscriptionError(f"{where}: environment variable {ref} is not set")
+        return os.environ[ref]
+
+    return _REF.sub(expand, value)
+
+
+def _describe(exc: ValidationError, index: int, name: Any) -> str:
+    # Built from loc and msg only: pydantic's own text repeats the input, which may be a secret.
+    lines = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        lines.append(f"  {loc or '(subscription)'}: {err['msg']}")
+    label = f"subscription {name!r}" if isinstance(name, str) else f"subscription #{index}"
+    return f"{label}:\n" + "\n".join(lines)
+
+
+def parse_subscriptions(data: Any) -> list[Subscription]:
+    """Validate loaded YAML (a list, or a mapping with ``subscriptions``) into subscriptions."""
+    if isinstance(data, dict):
+        data = data.get("subscriptions", [])
+    if data is None:
+        return []
+    if not isinstance(data, list):
+        raise SubscriptionError("subscriptions: expected a list")
+    subs: list[Subscription] = []
+    problems: list[str] = []
+    for i, raw in enumerate(data):
+        name = raw.get("name") if isinstance(raw, dict) else None
+        try:
+            resolved = _resolve_refs(raw, f"subscription {name or i!r}")
+            subs.append(Subscription.model_validate(resolved))
+        except ValidationError as exc:
+            problems.append(_describe(exc, i, name))
+        except SubscriptionError as exc:
+            problems.append(str(exc))
+    seen: set[str] = set()
+    for sub in subs:
+        if sub.name in seen:
+            problems.append(f"subscription {sub.name!r}: the name is used twice")
+        seen.add(sub.name)
+    if problems:
+        raise SubscriptionError("invalid subscriptions:\n" + "\n".join(problems))
+    return subs
+
+
+def load_subscriptions(path: Path) -> list[Subscription]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise SubscriptionError(f"{path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise SubscriptionError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return parse_subscriptions(data)
+    except SubscriptionError as exc:
+        raise SubscriptionError(f"{path}: {exc}") from None

@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
+
+import pytest
+
+from schemas.records import Alert
+from streams.alerting.subscriptions import (
+    QuietHours,
+    SlackChannel,
+    Subscription,
+    SubscriptionError,
+    load_subscriptions,
+    parse_subscriptions,
+    redact_url,
+)
+
+SECRET_URL = "https://hooks.slack.com/services/T000/B000/XXXXsecretXXXX"
+NOW = datetime(2024, 7, 1, 2, 0, tzinfo=UTC)
+
+
+def alert(**fields: object) -> Alert:
+    base: dict[str, object] = dict(
+        id="a1", topic="outage", source=None, status="open", severity="major", opened_at=NOW,
+        updated_at=NOW, window_start=NOW, observed=50, expected=10, score=0.99,
+    )
+    base.update(fields)
+    return Alert.model_validate(base)
+
+
+def sub(**fields: object) -> Subscription:
+    base: dict[str, object] = {"name": "ops", "channel": {"type": "slack", "url": SECRET_URL}}
+    base.update(fields)
+    return Subscription.model_validate(base)
+
+
+def test_loads_yaml_with_env_and_file_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPS_SLACK_URL", SECRET_URL)
+    (tmp_path / "pd").write_text("routing-key-123\n")
+    path = tmp_path / "subs.yaml"
+    path.write_text(f"""
+subscriptions:
+  - name: comms
+    topics: [outage, refund_delay]
+    min_severity: major
+    cooldown: 15m
+    quiet_hours: {{start: "22:00", end: "07:00", timezone: Australia/Sydney}}
+    channel: {{type: slack, url: "${{OPS_SLACK_URL}}"}}
+  - name: oncall
+    channel: {{type: pagerduty, routing_key: "${{file:{tmp_path / 'pd'}}}", url: "http://127.0.0.1:1/pd"}}
+""")
+    comms, oncall = load_subscriptions(path)
+    assert isinstance(comms.channel, SlackChannel)
+    assert comms.channel.url.get_secret_value() == SECRET_URL
+    assert comms.cooldown == timedelta(minutes=15) and comms.quiet_hours is not None
+    assert oncall.channel.routing_key.get_secret_value() == "routing-key-123"  # type: ignore[union-attr]
+    assert SECRET_URL not in repr(comms)
+
+
+def test_missing_env_var_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOPE_URL", raising=False)
+    with pytest.raises(SubscriptionError, match="environment variable NOPE_URL is not set"):
+        parse_subscriptions([{"name": "x", "channel": {"type": "slack", "url": "${NOPE_URL}"}}])
+
+
+@pytest.mark.parametrize("url", [
+    "ftp://hooks.example.com/services/XXXXsecretXXXX",
+    "file:///etc/XXXXsecretXXXX",
+    "hooks.example.com/XXXXsecretXXXX",
+])
+def test_non_http_urls_are_refused_without_showing_them(url: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(SubscriptionError) as info:
+        parse_subscriptions([{"name": "x", "channel": {"type": "webhook", "url": url}}])
+    assert "must be an http(s) URL" in str(info.value) and "channel.webhook.url" in str(info.value)
+    assert "secret" not in str(info.value)
+    assert "secret" not in caplog.text
+
+
+def test_errors_are_collected_and_clear() -> None:
+    with pytest.raises(SubscriptionError) as info:
+        parse_subscriptions([
+            {"name": "a", "digest": "1h", "channel": {"type": "pagerduty", "routing_key": "k"}},
+            {"name": "b", "min_severity": "loud", "channel": {"type": "sms"}},
+            {"name": "c", "quiet_hours": {"start": "22:00", "end": "07:00", "timezone": "Mars/Olympus"},
+             "channel": {"type": "slack", "url": SECRET_URL}},
+            {"name": "d", "cooldown": "soon", "channel": {"type": "slack", "url": SECRET_URL}},
+        ])
+    text = str(info.value)
+    assert "digest does not apply to pagerduty" in text
+    assert "subscription 'b'" in text and "min_severity" in text and "channel" in text
+    assert "unknown time zone 'Mars/Olympus'" in text
+    assert "duration like 30s" in text
+    assert SECRET_URL not in text
+
+
+def test_duplicate_names() -> None:
+    entry = {"name": "a", "channel": {"type": "slack", "url": SECRET_URL}}
+    with pytest.raises(SubscriptionError, match="used twice"):
+        parse_subscriptions([entry, entry])
+
+
+def test_redact_url_keeps_scheme_and_host() -> None:
+    assert redact_url(SECRET_URL) == "https://hooks.slack.com"
+    assert redact_url("https://user:pw@example.com:8443/x?token=1") == "https://example.com"
+    assert redact_url("not a url") == "<invalid url>"
+
+
+def test_matching_topics_sources_and_severity() -> None:
+    s = sub(topics=["outage"], min_severity="major")
+    assert s.matches(alert())
+    assert not s.matches(alert(topic="scam"))
+    assert not s.matches(alert(severity="minor"))
+    assert s.matches(alert(severity="critical", status="resolved"))
+    # Without sources: the topic-wide alert only, so one spike is one message.
+    assert not s.matches(alert(source="reddit"))
+    assert sub(sources=["reddit"]).matches(alert(source="reddit"))
+    assert not sub(sources=["reddit"]).matches(alert(source=None))
+    assert sub(sources=["*"], topics=["*"]).matches(alert(source="bluesky", topic="scam"))
+    assert not sub(enabled=False).matches(alert())
+
+
+def test_quiet_hours_across_midnight_in_sydney() -> None:
+    quiet = QuietHours(start=time(22), end=time(7), timezone="Australia/Sydney")
+    # 2024-07-01 is winter in Sydney: UTC+10.
+    assert quiet.is_quiet(datetime(2024, 7, 1, 12, 30, tzinfo=UTC))  # 22:30 local
+    assert quiet.is_quiet(datetime(2024, 7, 1, 20, 59, tzinfo=UTC))  # 06:59 local
+    assert not quiet.is_quiet(datetime(2024, 7, 1, 21, 0, tzinfo=UTC))  # 07:00 local
+    assert quiet.ends_after(datetime(2024, 7, 1, 12, 30, tzinfo=UTC)) == datetime(2024, 7, 1, 21, 0, tzinfo=UTC)
+    # Summer (daylight saving, UTC+11): the same local end is an hour earlier in UTC.
+    assert quiet.ends_after(datetime(2024, 12, 1, 12, 0, tzinfo=UTC)) == datetime(2024, 12, 1, 20, 0, tzinfo=UTC)
+
+
+def test_digest_periods_align() -> None:
+    s = sub(digest="1h")
+    assert s.digest_due(datetime(2024, 7, 1, 9, 15, tzinfo=UTC)) == datetime(2024, 7, 1, 10, 0, tzinfo=UTC)
