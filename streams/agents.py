@@ -69,7 +69,7 @@ def register(app: faust.App, settings: Settings, tagger: pipeline.TaggerLike, si
         # Wait for the broker's acknowledgement: the source records are acked right after.
         await asyncio.gather(*futures)
 
-    @app.agent(raw, name="index-mentions")
+    @app.agent(raw, name="index-mentions", concurrency=settings.worker_concurrency)
     async def index_mentions(stream: faust.StreamT[Any]) -> None:
         async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
             records = [pipeline.RawRecord(e.value, e.message.topic, e.message.partition, e.message.offset)

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     worker_web_port: int = 6066
     batch_size: int = Field(default=2000, ge=1)
     batch_within: float = Field(default=0.5, gt=0)
+    # Two actors: one tags a batch while the other's bulk request is in flight.
+    worker_concurrency: int = Field(default=2, ge=1)
     # Short group timeouts: a consumer-group join waits on them, and the embedded
     # broker waits out the whole rebalance window.
     broker_session_timeout: float = 6.0
