@@ -1,0 +1,93 @@
+"""The one way notifiers POST: timeouts, status codes mapped to delivery errors, URLs redacted.
+
+httpx logs every request with its full URL at INFO; for a webhook the URL is the credential,
+so a filter on the ``httpx`` logger rewrites URLs to scheme and host before any handler sees them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from streams.alerting.notifiers.errors import PermanentDeliveryError, RetriableDeliveryError
+from streams.alerting.subscriptions import redact_url
+
+__all__ = ["dumps", "post"]
+
+
+class _RedactUrls(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                redact_url(str(arg)) if isinstance(arg, httpx.URL) else arg for arg in record.args
+            )
+        return True
+
+
+_FILTER = _RedactUrls()
+for _name in ("httpx", "httpcore"):
+    if _FILTER not in logging.getLogger(_name).filters:
+        logging.getLogger(_name).addFilter(_FILTER)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    date = response.headers.get("date")
+    now = parsedate_to_datetime(date) if date else None
+    return max((when - now).total_seconds(), 0.0) if now else None
+
+
+def _scrub(text: str, raw_url: str) -> str:
+    return text.replace(raw_url, redact_url(raw_url))[:300]
+
+
+async def post(
+    client: httpx.AsyncClient | None,
+    url: SecretStr,
+    *,
+    body: bytes,
+    headers: dict[str, str],
+    timeout: float,
+) -> httpx.Response:
+    """POST ``body``; a 2xx answer is returned, anything else raised as a delivery error."""
+    raw = url.get_secret_value()
+    shown = redact_url(raw)
+    all_headers = {"Content-Type": "application/json", "User-Agent": "earful-alerts", **headers}
+    try:
+        if client is None:
+            async with httpx.AsyncClient(timeout=timeout) as own:
+                response = await own.post(raw, content=body, headers=all_headers)
+        else:
+            response = await client.post(raw, content=body, headers=all_headers, timeout=timeout)
+    except httpx.TimeoutException as exc:
+        raise RetriableDeliveryError(f"{shown}: timed out ({type(exc).__name__})") from None
+    except httpx.TransportError as exc:
+        # The exception text may quote the URL; the type says enough (ConnectError, ReadError...).
+        raise RetriableDeliveryError(f"{shown}: {type(exc).__name__}") from None
+    status = response.status_code
+    if 200 <= status < 300:
+        return response
+    detail = _scrub(response.text.strip(), raw)
+    message = f"{shown} answered {status}" + (f": {detail}" if detail else "")
+    if status in (408, 429) or status >= 500:
+        raise RetriableDeliveryError(message, retry_after=_retry_after(response))
+    raise PermanentDeliveryError(message)
+
+
+def dumps(payload: Any) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()

@@ -1,0 +1,90 @@
+"""How an alert reads in a message: one wording shared by every channel.
+
+A subscriber should see at a glance what happened (topic, observed vs expected, severity),
+why (top terms, a few sample mentions with links) and where to look (the Kibana link).
+"""
+
+from __future__ import annotations
+
+import html
+
+from schemas.records import Alert
+
+__all__ = ["digest_title", "html_body", "lines", "sample_lines", "title", "truncate"]
+
+SAMPLE_CHARS = 200
+
+
+def truncate(text: str, limit: int = SAMPLE_CHARS) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _scope(alert: Alert) -> str:
+    return f"'{alert.topic}' on {alert.source}" if alert.source else f"'{alert.topic}'"
+
+
+def _count(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+
+
+def title(alert: Alert) -> str:
+    counts = f"{_count(alert.observed)} mentions vs {_count(alert.expected)} expected"
+    if alert.status == "resolved":
+        peak = f", peak {_count(alert.peak_observed)}" if alert.peak_observed is not None else ""
+        return f"[RESOLVED] All clear: {_scope(alert)} is back to normal ({counts}{peak})"
+    verb = "Spike in" if alert.status == "open" else "Spike growing in"
+    return f"[{alert.severity.upper()}] {verb} {_scope(alert)}: {counts}"
+
+
+def digest_title(alerts: list[Alert]) -> str:
+    open_count = sum(1 for a in alerts if a.status != "resolved")
+    return f"earful digest: {len(alerts)} alert(s), {open_count} still open"
+
+
+def sample_lines(alert: Alert) -> list[str]:
+    return [
+        f"[{s.source}] {truncate(s.text)}" + (f" <{s.url}>" if s.url else "") for s in alert.samples
+    ]
+
+
+def lines(alert: Alert) -> list[str]:
+    """The plain-text body after the title."""
+    out = [
+        f"Severity: {alert.severity}   Score: {alert.score:.3f}",
+        f"Opened: {alert.opened_at:%Y-%m-%d %H:%M} UTC   Window: {alert.window_start:%H:%M} UTC",
+    ]
+    if alert.resolved_at is not None:
+        out.append(f"Resolved: {alert.resolved_at:%Y-%m-%d %H:%M} UTC")
+    if alert.top_terms:
+        out.append("Top terms: " + ", ".join(alert.top_terms))
+    samples = sample_lines(alert)
+    if samples:
+        out.append("Sample mentions:")
+        out.extend(f"  - {s}" for s in samples)
+    if alert.kibana_url:
+        out.append(f"Kibana: {alert.kibana_url}")
+    out.append(f"Alert {alert.id} #{alert.sequence}")
+    return out
+
+
+def html_body(alerts: list[Alert]) -> str:
+    parts = []
+    for alert in alerts:
+        e = html.escape
+        items = "".join(
+            f"<li>[{e(s.source)}] {e(truncate(s.text))}"
+            + (f' (<a href="{e(s.url)}">link</a>)' if s.url else "")
+            + "</li>"
+            for s in alert.samples
+        )
+        parts.append(
+            f"<h3>{e(title(alert))}</h3>"
+            f"<p>Severity: <b>{e(alert.severity)}</b>; observed {_count(alert.observed)}, "
+            f"expected {_count(alert.expected)}; opened {alert.opened_at:%Y-%m-%d %H:%M} UTC</p>"
+            + (f"<p>Top terms: {e(', '.join(alert.top_terms))}</p>" if alert.top_terms else "")
+            + (f"<ul>{items}</ul>" if items else "")
+            + (f'<p><a href="{e(alert.kibana_url)}">Open in Kibana</a></p>' if alert.kibana_url else "")
+            + f"<p style=\"color:#777\">Alert {e(alert.id)} #{alert.sequence}</p>"
+        )
+    return "<html><body>" + "<hr>".join(parts) + "</body></html>"

@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from schemas.records import Alert, AlertSample
+from streams.alerting.notifiers import (
+    PermanentDeliveryError,
+    RetriableDeliveryError,
+    build_notifier,
+)
+from streams.alerting.notifiers.email import build_message
+from streams.alerting.subscriptions import (
+    EmailChannel,
+    PagerDutyChannel,
+    SlackChannel,
+    TeamsChannel,
+    WebhookChannel,
+)
+
+NOW = datetime(2024, 7, 1, 2, 0, tzinfo=UTC)
+SECRET_URL = "https://hooks.example.com/services/T0/B0/XXXXsecretXXXX"
+ALERT = Alert(
+    id="a1b2c3", topic="outage", source=None, status="open", severity="major", opened_at=NOW,
+    updated_at=NOW, window_start=NOW, observed=120, expected=15, score=0.999, peak_observed=120,
+    top_terms=["portal", "down", "login"],
+    samples=[AlertSample(id="m1", source="mastodon", text="Is the <ATO> portal down? & myGov too",
+                         url="https://social.example/@a/1")],
+    kibana_url="https://kibana.example/app/discover#/?x", config_version="v1",
+)
+RESOLVED = ALERT.model_copy(update={"status": "resolved", "sequence": 2, "resolved_at": NOW, "observed": 9})
+
+
+class Recorder:
+    def __init__(self, *statuses: int, headers: dict[str, str] | None = None) -> None:
+        self.statuses = list(statuses) or [200]
+        self.headers = headers or {}
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        return httpx.Response(status, headers=self.headers, text="ok" if status < 300 else "nope")
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.MockTransport(self))
+
+    def json(self, i: int = -1) -> dict:
+        return json.loads(self.requests[i].content)
+
+
+async def test_webhook_body_signature_and_idempotency_key() -> None:
+    rec = Recorder()
+    channel = WebhookChannel(type="webhook", url=SECRET_URL, secret="s3cret")
+    await build_notifier(channel, rec.client()).send(ALERT, "a1b2c3:0:ops")
+    request = rec.requests[0]
+    assert request.method == "POST" and str(request.url) == SECRET_URL
+    assert request.headers["Idempotency-Key"] == "a1b2c3:0:ops"
+    expected = "sha256=" + hmac.new(b"s3cret", request.content, hashlib.sha256).hexdigest()
+    assert request.headers["X-Earful-Signature"] == expected
+    body = rec.json()
+    assert body["kind"] == "alert" and body["alert"]["id"] == "a1b2c3" and body["alert"]["observed"] == 120
+    # A different secret gives a different signature: the header really is keyed.
+    assert expected != "sha256=" + hmac.new(b"other", request.content, hashlib.sha256).hexdigest()
+
+
+async def test_webhook_digest() -> None:
+    rec = Recorder()
+    channel = WebhookChannel(type="webhook", url=SECRET_URL)
+    await build_notifier(channel, rec.client()).send_digest([ALERT, RESOLVED], "digest:ops:1")
+    body = rec.json()
+    assert body["kind"] == "digest" and [a["status"] for a in body["alerts"]] == ["open", "resolved"]
+    assert "X-Earful-Signature" not in rec.requests[0].headers
+
+
+async def test_slack_blocks_escape_and_link() -> None:
+    rec = Recorder()
+    await build_notifier(SlackChannel(type="slack", url=SECRET_URL), rec.client()).send(ALERT, "k")
+    body = rec.json()
+    assert body["text"].startswith("[MAJOR] Spike in 'outage': 120 mentions vs 15 expected")
+    flat = json.dumps(body["blocks"])
+    assert "&lt;ATO&gt;" in flat and "&amp; myGov" in flat
+    assert "<https://social.example/@a/1|mastodon>" in flat
+    assert "<https://kibana.example/app/discover#/?x|Open in Kibana>" in flat
+    assert "portal, down, login" in flat
+
+
+async def test_teams_adaptive_card() -> None:
+    rec = Recorder()
+    await build_notifier(TeamsChannel(type="teams", url=SECRET_URL), rec.client()).send(RESOLVED, "k")
+    attachment = rec.json()["attachments"][0]
+    assert attachment["contentType"] == "application/vnd.microsoft.card.adaptive"
+    card = attachment["content"]
+    assert card["type"] == "AdaptiveCard"
+    assert card["body"][0]["text"].startswith("[RESOLVED] All clear")
+    assert card["actions"][0]["url"] == ALERT.kibana_url
+
+
+async def test_pagerduty_trigger_then_resolve_on_the_same_dedup_key() -> None:
+    rec = Recorder(202)
+    channel = PagerDutyChannel(type="pagerduty", routing_key="R0UT1NG", url="http://127.0.0.1:9/v2/enqueue")
+    notifier = build_notifier(channel, rec.client())
+    await notifier.send(ALERT, "k0")
+    await notifier.send(RESOLVED, "k2")
+    trigger, resolve = rec.json(0), rec.json(1)
+    assert str(rec.requests[0].url) == "http://127.0.0.1:9/v2/enqueue"
+    assert trigger["event_action"] == "trigger" and trigger["dedup_key"] == "a1b2c3"
+    assert trigger["routing_key"] == "R0UT1NG"
+    assert trigger["payload"]["severity"] == "error" and trigger["payload"]["component"] == "outage"
+    assert trigger["links"][0]["href"] == ALERT.kibana_url
+    assert resolve == {"routing_key": "R0UT1NG", "event_action": "resolve", "dedup_key": "a1b2c3"}
+    with pytest.raises(PermanentDeliveryError):
+        await notifier.send_digest([ALERT], "d")
+
+
+@pytest.mark.parametrize(("status", "error"), [
+    (429, RetriableDeliveryError), (500, RetriableDeliveryError), (503, RetriableDeliveryError),
+    (400, PermanentDeliveryError), (403, PermanentDeliveryError), (404, PermanentDeliveryError),
+])
+async def test_status_codes_map_to_retriable_or_permanent(status: int, error: type[Exception]) -> None:
+    rec = Recorder(status, headers={"Retry-After": "7"})
+    with pytest.raises(error) as info:
+        await build_notifier(SlackChannel(type="slack", url=SECRET_URL), rec.client()).send(ALERT, "k")
+    assert f"answered {status}" in str(info.value)
+    if status == 429:
+        assert info.value.retry_after == 7.0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("exc", [httpx.ConnectError("refused"), httpx.ReadTimeout("slow")])
+async def test_transport_errors_are_retriable(exc: Exception) -> None:
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise exc
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(fail))
+    with pytest.raises(RetriableDeliveryError):
+        await build_notifier(WebhookChannel(type="webhook", url=SECRET_URL), client).send(ALERT, "k")
+
+
+async def test_full_url_never_in_logs_or_errors(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    rec = Recorder(200, 500)
+    notifier = build_notifier(WebhookChannel(type="webhook", url=SECRET_URL), rec.client())
+    await notifier.send(ALERT, "k")  # httpx logs the request at INFO
+    with pytest.raises(RetriableDeliveryError) as info:
+        await notifier.send(ALERT, "k")
+    assert "HTTP Request" in caplog.text  # the log line is there, with the URL redacted
+    assert "https://hooks.example.com" in caplog.text
+    assert "secret" not in caplog.text and "secret" not in str(info.value)
+    assert "https://hooks.example.com answered 500" in str(info.value)
+
+
+def test_email_message_plain_and_html() -> None:
+    channel = EmailChannel.model_validate(
+        {"type": "email", "host": "127.0.0.1", "from": "earful@agency.example", "to": ["ops@agency.example"]}
+    )
+    msg = build_message(channel, [ALERT], "a1b2c3:0:mail", digest=False)
+    again = build_message(channel, [ALERT], "a1b2c3:0:mail", digest=False)
+    assert msg["Message-ID"] == again["Message-ID"]  # a resend is recognisably the same message
+    assert msg["Subject"].startswith("[MAJOR] Spike in 'outage'")
+    plain = msg.get_body(("plain",)).get_content()
+    html = msg.get_body(("html",)).get_content()
+    assert "Top terms: portal, down, login" in plain and "https://social.example/@a/1" in plain
+    assert "&lt;ATO&gt;" in html and 'href="https://kibana.example/app/discover#/?x"' in html
