@@ -170,7 +170,7 @@ class HttpConnector(Connector):
         self.keep_raw = keep_raw
         self.pseudonymise = Pseudonymiser(author_key)
         self.client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/") + "/", timeout=timeout, transport=transport,
+            base_url=base_url.rstrip("/") + "/" if base_url else "", timeout=timeout, transport=transport,
             headers={"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})},
             follow_redirects=True)
         self._not_before = 0.0
@@ -178,17 +178,22 @@ class HttpConnector(Connector):
     # -- requests -------------------------------------------------------------------------
 
     async def request(self, method: str, url: str, *, credential: str | None = None,
-                      **kwargs: Any) -> httpx.Response:
-        """Send one request; map failures to connector errors; remember an exhausted rate window."""
+                      allow: frozenset[int] = frozenset(), **kwargs: Any) -> httpx.Response:
+        """Send one request; map failures to connector errors; remember an exhausted rate window.
+
+        Statuses in ``allow`` come back to the caller (e.g. an expired session it can renew).
+        """
         wait = self._not_before - time.monotonic()
         if wait > 0:
             raise RetriableError(f"{self.name}: rate-limit window used up", retry_after=wait)
         try:
-            response = await self.client.request(method, url.lstrip("/"), **kwargs)
+            # Relative to the configured base URL (which tests point at a local server).
+            response = await self.client.request(method, url if "://" in url else url.lstrip("/"), **kwargs)
         except httpx.TransportError as exc:
             raise RetriableError(f"{self.name}: {type(exc).__name__} talking to "
                                  f"{self.client.base_url.host}: {exc}") from None
-        raise_for_status(response, source=self.name, credential=credential or self.credential)
+        if response.status_code not in allow:
+            raise_for_status(response, source=self.name, credential=credential or self.credential)
         exhausted = exhausted_for(response.headers)
         if exhausted is not None:
             self._not_before = time.monotonic() + exhausted

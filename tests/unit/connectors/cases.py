@@ -1,0 +1,97 @@
+"""One entry per connector for the contract suite: how to build it against the fake
+platform, which route lists mentions, and the recorded pages to serve."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fake_platform import FakePlatform, Reply, fixture
+
+from connectors import registry
+from connectors.base import Connector
+from connectors.config import parse_sources
+
+
+def build(entry: dict[str, Any]) -> Connector:
+    (config,) = parse_sources([entry])
+    return registry.build(config)
+
+
+@dataclass
+class Case:
+    id: str
+    entry: Callable[[str], dict[str, Any]]  # base URL of the fake platform -> config entry
+    route: str
+    page: Reply
+    empty: Reply
+    malformed: Reply
+    expect_ids: set[str]
+    cursor_param: tuple[str, str] | None  # (query parameter, value) the second poll must send
+    credential: str | None = None  # the env var a 401 must name
+    env: dict[str, str] = field(default_factory=dict)
+    setup: Callable[[FakePlatform], None] = lambda fake: None
+
+
+def _json(platform: str, name: str, headers: dict[str, str] | None = None) -> Reply:
+    return Reply(fixture(platform, name), headers=headers or {})
+
+
+def _xml(name: str) -> Reply:
+    return Reply(fixture("rss", name), content_type="application/rss+xml")
+
+
+CASES: list[Case] = [
+    Case(
+        id="mastodon",
+        entry=lambda url: {"name": "mastodon-test", "type": "mastodon", "base_url": url, "hashtags": ["ATO"]},
+        route="/api/v1/timelines/tag/ATO",
+        page=_json("mastodon", "tag_page.json", {
+            "Link": '<https://mastodon.social/api/v1/timelines/tag/ATO?max_id=113512345678901234>; rel="next", '
+                    '<https://mastodon.social/api/v1/timelines/tag/ATO?min_id=113512345678901235>; rel="prev"'}),
+        empty=_json("mastodon", "empty.json"),
+        malformed=_json("mastodon", "tag_malformed.json"),
+        expect_ids={"https://aus.social/users/kaz/statuses/113512345678901235",
+                    "https://mastodon.social/users/taxnerd/statuses/113512345678901234"},
+        cursor_param=("min_id", "113512345678901235"),
+    ),
+    Case(
+        id="rss",
+        entry=lambda url: {"name": "news-test", "type": "rss", "base_url": url,
+                           "feeds": [{"url": "/rss/search", "query": '"Australian Taxation Office"'}]},
+        route="/rss/search",
+        page=Reply(fixture("rss", "news_search.xml"), content_type="application/rss+xml",
+                   headers={"ETag": '"v1"', "Last-Modified": "Wed, 20 Nov 2024 04:01:12 GMT"}),
+        empty=_xml("empty.xml"),
+        malformed=Reply(fixture("rss", "malformed.xml"), content_type="application/atom+xml"),
+        expect_ids={"CBMiAbc123", "CBMiDef456"},
+        cursor_param=None,
+    ),
+    Case(
+        id="hackernews",
+        entry=lambda url: {"name": "hn-test", "type": "hackernews", "base_url": url,
+                           "queries": ['"Australian Taxation Office"']},
+        route="/api/v1/search_by_date",
+        page=_json("hackernews", "search_page.json"),
+        empty=_json("hackernews", "empty.json"),
+        malformed=_json("hackernews", "malformed.json"),
+        expect_ids={"42170123", "42170001"},
+        cursor_param=("numericFilters", "created_at_i>=1732072212"),
+    ),
+    Case(
+        id="bluesky",
+        entry=lambda url: {"name": "bsky-test", "type": "bluesky", "base_url": url, "pds_url": url,
+                           "queries": ["ATO"], "identifier_env": "TEST_BSKY_ID", "password_env": "TEST_BSKY_PASSWORD"},
+        route="/xrpc/app.bsky.feed.searchPosts",
+        page=_json("bluesky", "search_page.json"),
+        empty=_json("bluesky", "empty.json"),
+        malformed=_json("bluesky", "malformed.json"),
+        expect_ids={"at://did:plc:z72i7hdynmk6r22z27h6tvur/app.bsky.feed.post/3lbb5ipaaqk2a",
+                    "at://did:plc:ewvi7nxzyoun6zhxrhs64oiz/app.bsky.feed.post/3lbb4zzzzzz2x"},
+        cursor_param=("since", "2024-11-20T03:12:00.000000Z"),
+        credential="TEST_BSKY_PASSWORD",
+        env={"TEST_BSKY_ID": "agency-listening.bsky.social", "TEST_BSKY_PASSWORD": "app-pass-secret-1"},
+        setup=lambda fake: fake.on("/xrpc/com.atproto.server.createSession", _json("bluesky", "session.json")),
+    ),
+]
