@@ -230,3 +230,21 @@ def test_ilm_template_keeps_the_mapping_and_adds_the_lifecycle() -> None:
     assert settings["index.lifecycle.name"] == "earful-mentions"
     assert settings["index.lifecycle.rollover_alias"] == "earful-mentions"
     assert "index.lifecycle.name" not in base["template"]["settings"]  # the base is not modified
+
+
+# --- Kibana alerting rules -----------------------------------------------------------------
+
+
+def test_rule_bodies_in_rules_md_parse() -> None:
+    text = (DEPLOY / "kibana" / "rules.md").read_text()
+    blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", text, flags=re.S)]
+    rules = {b["rule_type_id"]: b for b in blocks if "rule_type_id" in b}
+    assert set(rules) == {".es-query", ".index-threshold"}
+    es_query = rules[".es-query"]["params"]
+    json.loads(es_query["esQuery"])
+    mention_fields = index_templates()["earful-mentions"]["template"]["mappings"]["properties"]
+    alert_fields = index_templates()["earful-alerts"]["template"]["mappings"]["properties"]
+    assert mention_fields[es_query["timeField"]]["type"] == "date"
+    threshold = rules[".index-threshold"]["params"]
+    assert alert_fields[threshold["timeField"]]["type"] == "date"
+    assert threshold["termField"] in alert_fields
