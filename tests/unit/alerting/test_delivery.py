@@ -1,0 +1,218 @@
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from schemas.records import Alert
+from streams.alerting.delivery import Dispatcher, InMemoryDeliveryLog, RetryPolicy
+from streams.alerting.notifiers.errors import PermanentDeliveryError, RetriableDeliveryError
+from streams.alerting.subscriptions import Subscription
+
+# 2024-07-01 02:00 UTC is 12:00 in Sydney (UTC+10): outside quiet hours.
+NOON = datetime(2024, 7, 1, 2, 0, tzinfo=UTC)
+NIGHT = datetime(2024, 7, 1, 13, 0, tzinfo=UTC)  # 23:00 in Sydney
+MORNING = datetime(2024, 7, 1, 21, 0, tzinfo=UTC)  # 07:00 in Sydney
+URL = "https://hooks.example.com/services/XXXXsecretXXXX"
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class FakeNotifier:
+    """Records what it was asked to send; fails as scripted first."""
+
+    def __init__(self, *failures: Exception) -> None:
+        self.failures = list(failures)
+        self.sent: list[tuple[str, Any]] = []
+
+    async def send(self, alert: Alert, event_key: str) -> None:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.sent.append((event_key, alert))
+
+    async def send_digest(self, alerts: list[Alert], event_key: str) -> None:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.sent.append((event_key, alerts))
+
+
+def sub(name: str = "ops", **fields: Any) -> Subscription:
+    return Subscription.model_validate({"name": name, "channel": {"type": "slack", "url": URL}, **fields})
+
+
+def alert(seq: int = 0, *, severity: str = "major", status: str = "open", id: str = "a1", topic: str = "outage") -> Alert:
+    return Alert.model_validate(dict(
+        id=id, topic=topic, status=status, severity=severity, opened_at=NOON, updated_at=NOON,
+        window_start=NOON, observed=50, expected=10, score=0.99, sequence=seq,
+    ))
+
+
+def make(subs: list[Subscription], notifiers: dict[str, FakeNotifier], now: datetime = NOON,
+         policy: RetryPolicy | None = None) -> tuple[Dispatcher, InMemoryDeliveryLog, Clock, list[float]]:
+    clock, sleeps, log = Clock(now), [], InMemoryDeliveryLog()
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        clock.now += timedelta(seconds=seconds)
+
+    d = Dispatcher(subs, log, notifiers=notifiers, clock=clock, sleep=sleep, policy=policy)
+    return d, log, clock, sleeps
+
+
+async def test_sends_to_matching_subscriptions_once() -> None:
+    ops, comms = FakeNotifier(), FakeNotifier()
+    d, log, _, _ = make([sub("ops"), sub("comms", topics=["scam"])], {"ops": ops, "comms": comms})
+    [record] = await d.dispatch(alert())
+    assert record.status == "sent" and record.attempts == 1 and record.subscription == "ops"
+    assert ops.sent[0][0] == "a1:0:ops" and comms.sent == []
+    # The same alert event redelivered by Kafka: nothing is sent twice.
+    assert await d.dispatch(alert()) == []
+    assert len(ops.sent) == 1
+    # The next event of the alert is a new delivery.
+    await d.dispatch(alert(1, status="update"))
+    assert [k for k, _ in ops.sent] == ["a1:0:ops", "a1:1:ops"]
+
+
+async def test_retries_in_line_with_backoff_then_sends() -> None:
+    n = FakeNotifier(RetriableDeliveryError("503"), RetriableDeliveryError("503"))
+    d, log, _, sleeps = make([sub()], {"ops": n})
+    [record] = await d.dispatch(alert())
+    assert record.status == "sent" and record.attempts == 3
+    assert sleeps == [1.0, 2.0]
+    assert log.records["a1:0:ops"].status == "sent"
+
+
+async def test_keeps_failing_becomes_pending_and_retry_due_sends_it(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    n = FakeNotifier(*[RetriableDeliveryError("https://hooks.example.com answered 503")] * 4)
+    d, log, clock, _ = make([sub()], {"ops": n})
+    [record] = await d.dispatch(alert())
+    assert record.status == "pending" and record.attempts == 3
+    assert record.error == "https://hooks.example.com answered 503"
+    assert record.next_attempt_at == clock.now + timedelta(minutes=4)
+    assert await d.retry_due(clock.now) == []  # not due yet
+    clock.now = record.next_attempt_at
+    [again] = await d.retry_due()
+    assert again.status == "pending" and again.attempts == 4
+    clock.now = again.next_attempt_at  # type: ignore[assignment]
+    [done] = await d.retry_due()
+    assert done.status == "sent" and done.attempts == 5 and len(n.sent) == 1
+    assert "secret" not in caplog.text
+
+
+async def test_retry_after_is_honoured() -> None:
+    n = FakeNotifier(RetriableDeliveryError("429", retry_after=120))
+    d, _, clock, sleeps = make([sub()], {"ops": n})
+    [record] = await d.dispatch(alert())
+    # Too long to wait in line: left to retry_due at the time the receiver asked for.
+    assert sleeps == [] and record.status == "pending"
+    assert record.next_attempt_at == clock.now + timedelta(minutes=2)
+
+
+async def test_permanent_error_is_recorded_as_failed_not_dropped() -> None:
+    n = FakeNotifier(PermanentDeliveryError("https://hooks.example.com answered 404: no_service"))
+    d, log, clock, _ = make([sub()], {"ops": n})
+    [record] = await d.dispatch(alert())
+    assert record.status == "failed" and record.attempts == 1 and "404" in (record.error or "")
+    assert log.records[record.id].status == "failed"
+    assert await d.retry_due(clock.now + timedelta(days=2)) == []
+
+
+async def test_gives_up_after_a_day_and_says_so() -> None:
+    n = FakeNotifier(*[RetriableDeliveryError("timed out")] * 100)
+    d, _, clock, _ = make([sub()], {"ops": n}, policy=RetryPolicy(inline_attempts=1))
+    [record] = await d.dispatch(alert())
+    while record.status == "pending":
+        clock.now = record.next_attempt_at  # type: ignore[assignment]
+        [record] = await d.retry_due()
+    assert record.status == "failed" and record.error is not None and record.error.startswith("gave up after")
+    assert clock.now >= NOON + timedelta(hours=24)
+
+
+async def test_quiet_hours_hold_then_release_latest_event_only() -> None:
+    n = FakeNotifier()
+    quiet = {"start": "22:00", "end": "07:00", "timezone": "Australia/Sydney"}
+    d, log, clock, _ = make([sub(quiet_hours=quiet)], {"ops": n}, now=NIGHT)
+    [held] = await d.dispatch(alert(0))
+    assert held.status == "held" and held.reason == "quiet_hours" and held.next_attempt_at == MORNING
+    clock.now = NIGHT + timedelta(hours=2)
+    await d.dispatch(alert(1, status="update"))
+    assert n.sent == []
+    assert await d.retry_due(MORNING - timedelta(minutes=1)) == []
+    clock.now = MORNING
+    results = {r.id: r.status for r in await d.retry_due()}
+    assert results == {"a1:0:ops": "superseded", "a1:1:ops": "sent"}
+    assert [k for k, _ in n.sent] == ["a1:1:ops"]
+
+
+async def test_critical_goes_through_quiet_hours() -> None:
+    n = FakeNotifier()
+    quiet = {"start": "22:00", "end": "07:00", "timezone": "Australia/Sydney"}
+    d, _, clock, _ = make([sub(quiet_hours=quiet)], {"ops": n}, now=NIGHT)
+    await d.dispatch(alert(0, severity="major"))
+    [sent] = await d.dispatch(alert(1, severity="critical", status="update"))
+    assert sent.status == "sent"
+    # In the morning the held, older event is stale: it is not sent after the newer one.
+    clock.now = MORNING
+    [stale] = await d.retry_due()
+    assert stale.status == "superseded" and [k for k, _ in n.sent] == ["a1:1:ops"]
+
+
+async def test_cooldown_per_subscription_and_topic() -> None:
+    n = FakeNotifier()
+    d, _, clock, _ = make([sub(cooldown="15m", topics=["*"])], {"ops": n})
+    assert (await d.dispatch(alert(0)))[0].status == "sent"
+    clock.now += timedelta(minutes=5)
+    [held] = await d.dispatch(alert(1, status="update"))
+    assert held.status == "held" and held.reason == "cooldown"
+    assert held.next_attempt_at == NOON + timedelta(minutes=15)
+    # Another topic is not in this topic's cooldown.
+    assert (await d.dispatch(alert(0, id="b1", topic="scam")))[0].status == "sent"
+    # The all clear is not held back.
+    assert (await d.dispatch(alert(2, status="resolved")))[0].status == "sent"
+    clock.now = NOON + timedelta(minutes=15)
+    [late] = await d.retry_due()
+    assert late.status == "superseded"  # the resolve already went out
+
+
+async def test_digest_collects_and_sends_one_message_per_period() -> None:
+    n = FakeNotifier(RetriableDeliveryError("503"))
+    d, log, clock, _ = make([sub(digest="1h", topics=["*"])], {"ops": n})
+    clock.now = NOON + timedelta(minutes=10)
+    await d.dispatch(alert(0))
+    await d.dispatch(alert(1, status="update"))
+    await d.dispatch(alert(0, id="b1", topic="scam"))
+    assert n.sent == []
+    boundary = NOON + timedelta(hours=1)
+    assert {r.next_attempt_at for r in log.records.values()} == {boundary}
+    clock.now = boundary
+    first = await d.retry_due()
+    assert {r.status for r in first if r.id != "a1:0:ops"} == {"pending"}  # the digest failed once
+    clock.now = max(r.next_attempt_at for r in first if r.next_attempt_at)  # type: ignore[type-var]
+    await d.retry_due()
+    [(key, alerts)] = n.sent
+    assert key.startswith("digest:ops:")
+    assert sorted((a.id, a.sequence) for a in alerts) == [("a1", 1), ("b1", 0)]
+    assert {r.id: r.status for r in log.records.values()} == {
+        "a1:0:ops": "superseded", "a1:1:ops": "sent", "b1:0:ops": "sent"
+    }
+
+
+async def test_removed_subscription_is_recorded_as_failed() -> None:
+    log = InMemoryDeliveryLog()
+    clock = Clock(NOON)
+    quiet = {"start": "22:00", "end": "07:00", "timezone": "Australia/Sydney"}
+    d1 = Dispatcher([sub(quiet_hours=quiet)], log, notifiers={"ops": FakeNotifier()}, clock=clock)
+    clock.now = NIGHT
+    await d1.dispatch(alert())
+    d2 = Dispatcher([], log, clock=clock)
+    [record] = await d2.retry_due(MORNING)
+    assert record.status == "failed" and "no longer configured" in (record.error or "")
