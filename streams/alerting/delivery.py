@@ -294,15 +294,19 @@ class Dispatcher:
                 continue
             latest = await self._collapse(records, now, results)
             if group == "digest":
-                results.extend(await self._deliver(sub, latest, 1))
+                results.extend(await self._deliver(sub, latest, min(self._tries(r) for r in latest)))
                 continue
             (record,) = latest
             sent_seq = await self.log.latest_sent_sequence(sub.name, record.alert_id)
             if sent_seq is not None and sent_seq > record.sequence:
                 await self._supersede(record, sent_seq, now, results)
                 continue
-            results.extend(await self._deliver(sub, [record], 1))
+            results.extend(await self._deliver(sub, [record], self._tries(record)))
         return results
+
+    def _tries(self, record: DeliveryRecord) -> int:
+        # Released from hold it is a first send; a retry of a failed one gets a single try per pass.
+        return self.policy.inline_attempts if record.attempts == 0 else 1
 
     async def _collapse(
         self, records: list[DeliveryRecord], now: datetime, results: list[DeliveryRecord]
