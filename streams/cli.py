@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "connectors.cli",
     "streams.tagging.cli",
     "streams.alerting.cli",
+    "streams.alerting.alerts_cli",
 )
 
 
