@@ -2,7 +2,7 @@
 
     earful alerts [--status open|resolved|all] [--since 24h] [--topic T] [--limit N] [--json]
     earful alerts deliveries [--failed] [--alert ID] [--since 7d] [--limit N] [--json]
-    earful alerts test-subscription NAME [--severity S] [--attempts N]
+    earful alerts test-subscription NAME [--severity S] [--attempts N] [--resolve/--no-resolve]
 
 The listing reads the alerts index (one document per alert episode) and counts each alert's
 deliveries by status in the deliveries index. A failed delivery is printed in red with its
@@ -352,8 +352,12 @@ def _configured(settings: Settings) -> list[dict[str, Any]]:
               show_default=True, help="Severity of the test alert (a pager may act on it).")
 @click.option("--attempts", type=click.IntRange(min=1, max=10), default=3, show_default=True,
               help="Tries before giving up (1s, 2s, ... apart).")
+@click.option("--resolve/--no-resolve", default=None,
+              help="Follow with the test alert's all-clear. Default: only for PagerDuty, so the "
+                   "test does not leave an incident open on the on-call's pager.")
 @click.pass_obj
-def send_test_subscription(settings: Settings, name: str, severity: str, attempts: int) -> None:
+def send_test_subscription(settings: Settings, name: str, severity: str, attempts: int,
+                           resolve: bool | None) -> None:
     """Send a test alert through subscription NAME now, ignoring its rules; nothing is logged."""
     from streams.alerting.delivery import Dispatcher, InMemoryDeliveryLog, RetryPolicy
 
@@ -373,18 +377,33 @@ def send_test_subscription(settings: Settings, name: str, severity: str, attempt
     disabled = "" if sub.enabled else " (disabled in the config: sent anyway)"
     click.echo(f"sending test alert {alert.id} to {name!r}: {sub.channel.type} -> {_target(sub)}{disabled}")
 
-    async def send() -> tuple[bool, int, str | None]:
+    if resolve is None:
+        resolve = sub.channel.type == "pagerduty"
+    events = [alert]
+    if resolve:
+        now = utcnow()
+        events.append(alert.model_copy(update={"status": "resolved", "resolved_at": now, "updated_at": now,
+                                               "observed": 11.0, "peak_observed": alert.observed,
+                                               "sequence": alert.sequence + 1}))
+
+    async def send() -> list[tuple[bool, int, str | None]]:
         dispatcher = Dispatcher([sub], InMemoryDeliveryLog(), policy=RetryPolicy(inline_attempts=attempts))
+        outcomes = []
         try:
-            return await dispatcher.send_test(name, alert)
+            for event in events:
+                outcomes.append(await dispatcher.send_test(name, event))
+                if not outcomes[-1][0]:
+                    break
         finally:
             await dispatcher.aclose()
+        return outcomes
 
-    ok, tries, error = asyncio.run(send())
-    if ok:
-        click.echo(click.style("ok", fg="green", bold=True) + f": delivered in {tries} attempt(s)")
-        return
-    raise click.ClickException(f"{name}: not delivered after {tries} attempt(s): {_scrub(error, sub)}")
+    for event, (ok, tries, error) in zip(events, asyncio.run(send()), strict=False):
+        what = "all-clear" if event.status == "resolved" else "alert"
+        if not ok:
+            raise click.ClickException(
+                f"{name}: test {what} not delivered after {tries} attempt(s): {_scrub(error, sub)}")
+        click.echo(click.style("ok", fg="green", bold=True) + f": test {what} delivered in {tries} attempt(s)")
 
 
 def _scrub(error: str | None, sub: Subscription) -> str:

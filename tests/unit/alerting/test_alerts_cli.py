@@ -84,7 +84,8 @@ def test_signed_test_alert_reaches_the_webhook(tmp_path: Path, receiver: Receive
     ])
     result = _invoke(config, "test-subscription", "ops-hook", OPS_HOOK_SECRET="k3y")
     assert result.exit_code == 0, result.output
-    assert "ok: delivered in 1 attempt(s)" in result.output
+    assert "ok: test alert delivered in 1 attempt(s)" in result.output
+    assert "all-clear" not in result.output
     assert "webhook -> http://127.0.0.1" in result.output and TOKEN not in result.output
 
     [(headers, body)] = receiver.requests
@@ -104,8 +105,29 @@ def test_failing_receiver_exits_non_zero_with_the_url_redacted(tmp_path: Path, r
     assert result.exit_code == 1
     assert len(receiver.requests) == 2
     assert json.loads(receiver.requests[0][1])["alert"]["severity"] == "major"
-    assert "ops-hook: not delivered after 2 attempt(s): http://127.0.0.1 answered 500: receiver broke" in result.output
+    assert "ops-hook: test alert not delivered after 2 attempt(s): http://127.0.0.1 answered 500: receiver broke" in result.output
     assert TOKEN not in result.output and "/hooks/" not in result.output
+
+
+def test_resolve_follows_with_the_all_clear_of_the_same_alert(tmp_path: Path, receiver: Receiver) -> None:
+    config = _config(tmp_path, [{"name": "ops-hook", "channel": {"type": "webhook", "url": receiver.url}}])
+    result = _invoke(config, "test-subscription", "ops-hook", "--resolve")
+    assert result.exit_code == 0, result.output
+    assert "ok: test all-clear delivered in 1 attempt(s)" in result.output
+    first, second = (json.loads(body)["alert"] for _, body in receiver.requests)
+    assert (first["status"], second["status"]) == ("open", "resolved")
+    assert second["id"] == first["id"] and second["sequence"] == first["sequence"] + 1
+
+
+def test_pagerduty_test_incident_is_resolved_by_default(tmp_path: Path, receiver: Receiver) -> None:
+    config = _config(tmp_path, [{"name": "oncall", "channel": {
+        "type": "pagerduty", "routing_key": "R0UT1NGK3Y", "url": receiver.url}}])
+    result = _invoke(config, "test-subscription", "oncall")
+    assert result.exit_code == 0, result.output
+    trigger, resolve = (json.loads(body) for _, body in receiver.requests)
+    assert trigger["event_action"] == "trigger" and resolve["event_action"] == "resolve"
+    assert trigger["dedup_key"] == resolve["dedup_key"]
+    assert "R0UT1NGK3Y" not in result.output and TOKEN not in result.output
 
 
 def test_unknown_name_lists_the_configured_ones(tmp_path: Path) -> None:
