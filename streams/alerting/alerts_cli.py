@@ -85,31 +85,37 @@ def _search(settings: Settings, missing: str) -> Iterator[Any]:
 
 
 def fetch_alerts(es: Any, settings: Settings, *, status: str, since: timedelta, topic: str | None,
-                 limit: int) -> list[dict[str, Any]]:
-    """Open alerts (all of them, however old), then alerts resolved within ``since``."""
+                 limit: int) -> tuple[list[dict[str, Any]], int]:
+    """Open alerts (all of them, however old), then alerts resolved within ``since``; and how many
+    more matched than ``limit`` let through."""
     common = [{"term": {"topic": topic}}] if topic else []
     found: list[dict[str, Any]] = []
+    matched = 0
     if status in ("open", "all"):
         response = es.search(index=settings.index_alerts, size=limit,
                              query={"bool": {"filter": [*common, {"terms": {"status": list(OPEN)}}]}},
-                             sort=[{"updated_at": {"order": "desc"}}])
+                             sort=[{"updated_at": {"order": "desc"}}], track_total_hits=True)
+        matched += response["hits"]["total"]["value"]
         opened = [hit["_source"] for hit in response["hits"]["hits"]]
         # Most severe first; among equals the most recently updated (the search order, kept).
         opened.sort(key=lambda a: -SEVERITY_RANK.get(a.get("severity", ""), -1))
         found.extend(opened)
     room = limit - len(found)
-    if status in ("resolved", "all") and room > 0:
+    if status in ("resolved", "all"):
         start = (utcnow() - since).isoformat()
         response = es.search(index=settings.index_alerts, size=room,
                              query={"bool": {"filter": [*common, {"term": {"status": "resolved"}},
                                                         {"range": {"updated_at": {"gte": start}}}]}},
-                             sort=[{"updated_at": {"order": "desc"}}])
+                             sort=[{"updated_at": {"order": "desc"}}], track_total_hits=True)
+        matched += response["hits"]["total"]["value"]
         found.extend(hit["_source"] for hit in response["hits"]["hits"])
-    return found
+    return found, matched - len(found)
 
 
-def fetch_delivery_counts(es: Any, settings: Settings, alert_ids: list[str]) -> dict[str, Any]:
-    """Per alert: deliveries by status and the latest failures; plus failures of other alerts."""
+def fetch_delivery_counts(es: Any, settings: Settings, alert_ids: list[str],
+                          since: timedelta) -> dict[str, Any]:
+    """Per alert: deliveries by status and the latest failures; plus the failures within ``since``
+    of alerts not in ``alert_ids``."""
     from elasticsearch import NotFoundError
 
     failed_hits = {"top_hits": {"size": FAILED_SHOWN, "sort": [{"at": {"order": "desc"}}],
@@ -129,7 +135,8 @@ def fetch_delivery_counts(es: Any, settings: Settings, alert_ids: list[str]) -> 
                     }},
                 },
                 "failed_elsewhere": {"filter": {"bool": {
-                    "filter": [{"term": {"status": "failed"}}],
+                    "filter": [{"term": {"status": "failed"}},
+                               {"range": {"at": {"gte": (utcnow() - since).isoformat()}}}],
                     "must_not": [{"terms": {"alert_id": alert_ids}}]}}},
             },
         )
@@ -171,7 +178,7 @@ def _deliveries_line(counts: dict[str, int]) -> str:
     return ", ".join(parts)
 
 
-def render_alerts(found: list[dict[str, Any]], deliveries: dict[str, Any]) -> str:
+def render_alerts(found: list[dict[str, Any]], deliveries: dict[str, Any], more: int, since: str) -> str:
     lines: list[str] = []
     for alert in found:
         scope = f"{alert['topic']} on {alert['source']}" if alert.get("source") else alert["topic"]
@@ -207,12 +214,14 @@ def render_alerts(found: list[dict[str, Any]], deliveries: dict[str, Any]) -> st
             if hidden > 0:
                 lines.append(click.style(f"    ... and {hidden} more failed", fg="red"))
         lines.append("")
+    if more:
+        lines.append(f"... {more} more alert(s) match: raise --limit to see them")
     elsewhere = deliveries["failed_elsewhere"]
     if elsewhere:
         noun = "delivery" if elsewhere == 1 else "deliveries"
         lines.append(click.style(
-            f"{elsewhere} failed {noun} of alerts not listed above: "
-            "'earful alerts deliveries --failed' shows them", fg="red", bold=True))
+            f"{elsewhere} failed {noun} in the last {since} of alerts not listed above: "
+            f"'earful alerts deliveries --failed --since {since}' shows them", fg="red", bold=True))
     return "\n".join(lines).rstrip("\n")
 
 
@@ -235,21 +244,22 @@ def alerts(ctx: click.Context, status: str, since: str, topic: str | None, limit
     missing = (f"no alerts yet: the index {settings.index_alerts} does not exist "
                "(the worker creates it with the first alert)")
     with _search(settings, missing) as es:
-        found = fetch_alerts(es, settings, status=status, since=window, topic=topic, limit=limit)
-        deliveries = fetch_delivery_counts(es, settings, [a["id"] for a in found])
+        found, more = fetch_alerts(es, settings, status=status, since=window, topic=topic, limit=limit)
+        deliveries = fetch_delivery_counts(es, settings, [a["id"] for a in found], window)
     if as_json:
         import orjson
 
         out = [{**a, "deliveries": deliveries["per_alert"].get(a["id"], {"counts": {}, "failed": []})}
                for a in found]
-        report = {"alerts": out, "failed_deliveries_of_other_alerts": deliveries["failed_elsewhere"]}
+        report = {"alerts": out, "more": more,
+                  "failed_deliveries_of_other_alerts": deliveries["failed_elsewhere"]}
         click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
         return
     if not found:
         what = {"open": "no open alerts", "resolved": f"no alerts resolved in the last {since}",
                 "all": f"no open alerts, none resolved in the last {since}"}[status]
         click.echo(what + (f" for topic {topic!r}" if topic else ""))
-    text = render_alerts(found, deliveries)
+    text = render_alerts(found, deliveries, more, since)
     if text:
         click.echo(text)
 

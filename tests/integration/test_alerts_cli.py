@@ -56,6 +56,8 @@ def seeded(stack: Any) -> Any:
         _delivery(minor, "ops-hook", "held", reason="quiet_hours", next_attempt_at=utcnow() + timedelta(hours=6)),
         _delivery(minor, "comms-slack", "pending", attempts=2, error="https://hooks.slack.example answered 503"),
         _delivery(old, "comms-slack", "failed", attempts=1, error="https://hooks.slack.example answered 404"),
+        # Failed two days ago: outside the listing's 24h, inside the delivery log's 7 days.
+        _delivery(old, "ops-hook", "failed", attempts=9, error="gave up", at=utcnow() - timedelta(days=2)),
     ]
     es = stack.es()
     try:
@@ -103,8 +105,8 @@ def test_open_alerts_first_with_deliveries_and_failures_called_out(seeded: Any) 
     assert "deliveries: 0 sent, 1 held, 1 pending" in minor and "FAILED" not in minor
     assert "deliveries: none" in blocks["a-resolved"]
     assert "peak 140" in blocks["a-resolved"]
-    # The old alert is not listed, but its failed delivery is not silent either.
-    assert "1 failed delivery of alerts not listed above" in result.output
+    # The old alert is not listed, but its recent failed delivery is not silent either.
+    assert "1 failed delivery in the last 24h of alerts not listed above" in result.output
 
 
 def test_filters_and_json(seeded: Any) -> None:
@@ -119,7 +121,8 @@ def test_filters_and_json(seeded: Any) -> None:
     assert [a["id"] for a in report["alerts"]] == ["a-critical", "a-minor"]
     assert report["alerts"][0]["deliveries"]["counts"] == {"failed": 1, "sent": 1}
     assert report["alerts"][0]["deliveries"]["failed"][0]["subscription"] == "ops-hook"
-    assert report["failed_deliveries_of_other_alerts"] == 1
+    assert report["failed_deliveries_of_other_alerts"] == 1 and report["more"] == 1
+    assert "... 1 more alert(s) match" in _run(seeded, "--limit", "2").output
 
     none = _run(seeded, "--status", "open", "--topic", "no-such-topic")
     assert none.exit_code == 0 and "no open alerts for topic 'no-such-topic'" in none.output
@@ -128,12 +131,12 @@ def test_filters_and_json(seeded: Any) -> None:
 def test_delivery_log(seeded: Any) -> None:
     result = _run(seeded, "deliveries")
     assert result.exit_code == 0, result.output
-    assert len([line for line in result.output.splitlines() if not line.startswith("    ")]) == 5
+    assert len([line for line in result.output.splitlines() if not line.startswith("    ")]) == 6
     assert "quiet_hours, next try" in result.output
 
     failed = _run(seeded, "deliveries", "--failed").output.splitlines()
     heads = [line for line in failed if not line.startswith("    ")]
-    assert len(heads) == 2 and all("FAILED" in line for line in heads)
+    assert len(heads) == 3 and all("FAILED" in line for line in heads)
     assert any("comms-slack (slack)  outage [a-old #1 resolved]" in line for line in heads)
     assert "    https://hooks.slack.example answered 404" in failed
 
