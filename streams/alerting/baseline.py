@@ -95,6 +95,11 @@ class SeasonalBaseline:
             return self.rates.initial_dispersion
         return max(self.excess_var / self.mean_sq, 0.0)
 
+    def minutes_since_last(self, ts: datetime) -> float:
+        if self.last_ts is None:
+            return 0.0
+        return (ts.timestamp() - self.last_ts) / 60.0
+
     def minutes_seen(self, ts: datetime) -> float:
         if self.first_ts is None:
             return 0.0
@@ -144,3 +149,44 @@ def _normalise(factors: list[float]) -> None:
     mean = sum(factors) / len(factors)
     for i, f in enumerate(factors):
         factors[i] = f / mean
+
+
+class RecentWindow:
+    """Counts and expectations over the last few minutes, for spikes that build over rows.
+
+    A portal outage often shows as a sustained 3x rather than one huge minute; each
+    minute alone stays inside the usual burstiness, their sum does not. Sums of
+    overlapping rows are burstier than independent rows would be, so the sum gets
+    its own learned dispersion.
+    """
+
+    def __init__(self, minutes: float, half_life_minutes: float, state: dict[str, Any] | None = None):
+        self.minutes = minutes
+        self.half_life_minutes = half_life_minutes
+        state = state or {}
+        # (epoch seconds, value, expected) rows inside the window, oldest first.
+        self.rows: list[list[float]] = [list(r) for r in state.get("rows", [])]
+        self.excess_var: float = float(state.get("excess_var", 0.0))
+        self.mean_sq: float = float(state.get("mean_sq", 0.0))
+
+    def state(self) -> dict[str, Any]:
+        return {"rows": [list(r) for r in self.rows], "excess_var": self.excess_var, "mean_sq": self.mean_sq}
+
+    def add(self, ts: datetime, value: float, expected: float) -> tuple[float, float, int]:
+        """Add this row; return (sum of values, sum of expected, rows) over the window."""
+        now = ts.timestamp()
+        self.rows.append([now, value, expected])
+        horizon = now - self.minutes * 60.0
+        while self.rows and self.rows[0][0] <= horizon:
+            self.rows.pop(0)
+        return sum(r[1] for r in self.rows), sum(r[2] for r in self.rows), len(self.rows)
+
+    def dispersion(self, fallback: float) -> float:
+        if self.mean_sq <= 0:
+            return fallback
+        return max(self.excess_var / self.mean_sq, 0.0)
+
+    def learn(self, total: float, expected: float, minutes: float) -> None:
+        a = decay(minutes, self.half_life_minutes)
+        self.excess_var += a * ((total - expected) ** 2 - total - self.excess_var)
+        self.mean_sq += a * (expected * expected - self.mean_sq)

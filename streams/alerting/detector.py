@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from streams.alerting.baseline import BaselineRates, SeasonalBaseline
+from streams.alerting.baseline import BaselineRates, RecentWindow, SeasonalBaseline
 
 SEVERITIES = ("info", "minor", "major", "critical")
 STATE_VERSION = 1
@@ -76,6 +76,9 @@ class DetectorConfig:
     # The baseline learns from at most this many standard deviations above expected,
     # so a spike does not teach the baseline that spikes are normal.
     clip_sigmas: float = 3.0
+    # Also test the sum over this many minutes, for rises that build over several rows
+    # (0: single rows only).
+    window_minutes: float = 60.0
     # No alerts until the baseline has seen this much history.
     warmup_minutes: float = 24 * 60
     # An alert episode reopens only after this many quiet rows.
@@ -151,6 +154,8 @@ class Detector:
         )
         baseline_state = dict(_state["baseline"]) if _state else None
         self.baseline = SeasonalBaseline(rates, self.zone, baseline_state)
+        window_state = dict(_state["window"]) if _state and "window" in _state else None
+        self.window = RecentWindow(cfg.window_minutes, cfg.dispersion_half_life_minutes, window_state)
 
     @classmethod
     def from_state(cls, cfg: DetectorConfig, state: Mapping[str, Any]) -> Detector:
@@ -159,7 +164,11 @@ class Detector:
         return cls(cfg, state)
 
     def state(self) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "baseline": self.baseline.state()}
+        return {
+            "version": STATE_VERSION,
+            "baseline": self.baseline.state(),
+            "window": self.window.state(),
+        }
 
     def multiplier(self, ts: datetime) -> float:
         """Product of the calendar overrides in force at ``ts`` for this topic."""
@@ -178,13 +187,23 @@ class Detector:
         expected = usual * multiplier
         dispersion = max(self.baseline.dispersion, cfg.min_dispersion)
 
-        surprise = 0.0
         warmed_up = self.baseline.minutes_seen(ts) >= cfg.warmup_minutes
+        minutes = self.baseline.minutes_since_last(ts)
+        surprise, ratio = 0.0, value / expected
         if warmed_up and value >= cfg.min_count and value > expected:
             surprise = -nb_log_sf(value, expected, dispersion) / math.log(10)
+
+        # The same test on the sum of the last few minutes (the current row included).
+        total, total_expected, rows = self.window.add(ts, value, expected)
+        window_dispersion = max(self.window.dispersion(dispersion), cfg.min_dispersion / max(rows, 1))
+        if warmed_up and rows > 1 and total >= cfg.min_count and total > total_expected and value > expected:
+            s = -nb_log_sf(total, total_expected, window_dispersion) / math.log(10)
+            if s > surprise:
+                surprise, ratio = s, total / total_expected
+
         score = surprise / (surprise + cfg.score_scale) if surprise > 0 else 0.0
         anomalous = score >= cfg.threshold
-        severity = self._severity(value / expected, surprise) if anomalous else None
+        severity = self._severity(ratio, surprise) if anomalous else None
 
         # Learn the usual level: undo the override, and clip so a spike is not learned as normal.
         plain = value / multiplier
@@ -192,6 +211,9 @@ class Detector:
         if self.baseline.level is not None:
             plain = min(plain, ceiling)
         self.baseline.update(ts, plain)
+        if rows > 1 and minutes > 0:
+            spread = math.sqrt(total_expected + window_dispersion * total_expected**2)
+            self.window.learn(min(total, total_expected + cfg.clip_sigmas * spread), total_expected, minutes)
         return Observation(ts, value, expected, score, anomalous, severity)
 
     def _severity(self, ratio: float, surprise: float) -> str:
@@ -202,14 +224,20 @@ class Detector:
         return SEVERITIES[min(by_ratio, by_surprise)]
 
 
-def alert_opens(anomalous: Iterable[bool], reopen_after: int) -> list[bool]:
-    """Rows where an alert episode opens: anomalous after at least ``reopen_after`` quiet rows."""
-    opens: list[bool] = []
-    quiet = reopen_after  # the series starts quiet
-    for flag in anomalous:
-        opens.append(bool(flag) and quiet >= reopen_after)
-        quiet = 0 if flag else quiet + 1
-    return opens
+def episode_starts(anomalous_rows: Iterable[int], reopen_after: int) -> list[int]:
+    """Rows where an alert would open, given the (ascending) indices of anomalous rows.
+
+    An alert opens on an anomalous row preceded by at least ``reopen_after`` quiet rows
+    (the start of the series counts as quiet). Taking indices rather than one flag per
+    row keeps a threshold sweep over a long backtest cheap.
+    """
+    starts: list[int] = []
+    previous: int | None = None
+    for row in anomalous_rows:
+        if previous is None or row - previous - 1 >= reopen_after:
+            starts.append(row)
+        previous = row
+    return starts
 
 
 # -- the negative-binomial tail ----------------------------------------------

@@ -12,7 +12,7 @@ from streams.alerting.detector import (
     Detector,
     DetectorConfig,
     Observation,
-    alert_opens,
+    episode_starts,
     nb_log_sf,
 )
 
@@ -173,11 +173,12 @@ def test_config_from_dict_with_overrides_and_topics():
         DetectorConfig.from_dict({"treshold": 0.5})
 
 
-def test_alert_opens_after_enough_quiet_rows():
-    flags = [0, 1, 1, 0, 1, 0, 0, 1, 0, 0, 0]
-    assert alert_opens([bool(f) for f in flags], 2) == [
-        False, True, False, False, False, False, False, True, False, False, False
-    ]
+def test_an_alert_reopens_only_after_enough_quiet_rows():
+    flags = [0, 1, 1, 0, 1, 0, 0, 1, 0, 0, 0, 1]
+    rows = [i for i, flag in enumerate(flags) if flag]
+    assert episode_starts(rows, 2) == [1, 7, 11]
+    assert episode_starts(rows, 0) == [1, 2, 4, 7, 11]
+    assert episode_starts(rows, 3) == [1, 11]
 
 
 @pytest.mark.parametrize(("k", "mean", "dispersion"), [(1, 0.5, 0.1), (5, 2, 0.05), (30, 10, 0.1), (150, 100, 0.02)])
