@@ -1,3 +1,7 @@
-"""Commands of this area; filled in as the area is built."""
+"""Commands of the alerting area (each command family in its own module)."""
 
-commands: list = []
+from __future__ import annotations
+
+from streams.alerting import detect_cli
+
+commands: list = [*detect_cli.commands]
