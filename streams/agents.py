@@ -39,6 +39,9 @@ class Throughput:
     mentions: int = 0
     created: int = 0
     rejected: int = 0
+    #: records in the last batch and when it was done (a full batch means a backlog)
+    last_records: int = 0
+    last_at: float = 0.0
     _last_log: float = field(default_factory=time.monotonic)
     _last_mentions: int = 0
 
@@ -48,6 +51,7 @@ class Throughput:
         self.created += created
         self.rejected += len(batch.rejected) + refused
         now = time.monotonic()
+        self.last_records, self.last_at = batch.records, now
         if now - self._last_log >= self.every:
             rate = (self.mentions - self._last_mentions) / (now - self._last_log)
             log.info("indexed %d mentions (%d new, %d rejected) from %d records; %.0f mentions/s",

@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     broker_heartbeat_interval: float = 1.0
     es_retry_max_backoff: float = 30.0
 
+    # Alerting: counts per window of this many seconds; a window closes on the worker's clock
+    # this long after it ended (late mentions are still indexed, but no longer counted).
+    alert_window_seconds: float = Field(default=60.0, gt=0)
+    alert_grace_seconds: float = Field(default=120.0, ge=0)
+    alert_tick_seconds: float = Field(default=5.0, gt=0)
+
     # Tagging.
     taxonomy: Path = PROJECT_ROOT / "deploy" / "taxonomies" / "tax-agency.yaml"
     model: Path | None = None

@@ -30,6 +30,7 @@ from urllib.parse import quote
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.records import Alert, AlertSample, Severity
+from streams.alerting.subscriptions import Duration
 
 __all__ = ["SEVERITIES", "AlertTracker", "LifecycleConfig", "alert_id", "kibana_discover_url"]
 
@@ -46,8 +47,8 @@ class LifecycleConfig(BaseModel):
     update_factor: float = Field(
         default=1.5, gt=1.0, description="an update needs the count to grow by this factor since the last event"
     )
-    cooldown: timedelta = Field(default=timedelta(minutes=30), description="after a resolve, before a new episode")
-    window: timedelta = Field(default=timedelta(minutes=1))
+    cooldown: Duration = Field(default=timedelta(minutes=30), description="after a resolve, before a new episode")
+    window: Duration = Field(default=timedelta(minutes=1))
     default_severity: Severity = "minor"
     max_samples: int = Field(default=5, ge=0)
     config_version: str | None = None
@@ -56,7 +57,7 @@ class LifecycleConfig(BaseModel):
     kibana_data_view: str | None = None
     kibana_topic_field: str = "tags"
     kibana_source_field: str = "source"
-    kibana_lookback: timedelta = Field(default=timedelta(minutes=30))
+    kibana_lookback: Duration = Field(default=timedelta(minutes=30))
 
 
 def alert_id(topic: str, source: str | None, opened_window: datetime) -> str:

@@ -8,10 +8,12 @@ import subprocess
 import sys
 import threading
 import time
+
 import click
 
 from streams import devstack
 from streams.settings import Settings
+
 
 def build_worker(settings: Settings):  # type: ignore[no-untyped-def]
     """The Faust app with every agent registered: the stream worker of this process."""
@@ -25,14 +27,15 @@ def build_worker(settings: Settings):  # type: ignore[no-untyped-def]
     app = create_app(settings)
     sink = ElasticsearchSink(make_client(es_client_kwargs(settings)), settings.index_mentions,
                              max_backoff=settings.es_retry_max_backoff)
-    on_indexed = None
-    try:
-        from streams.alerting import stream as alerting_stream
-    except ImportError:
-        alerting_stream = None  # type: ignore[assignment]
-    if alerting_stream is not None:
-        on_indexed = alerting_stream.register(app, settings)
-    agents.register(app, settings, tagger, sink, on_indexed=on_indexed)
+    from streams.alerting import stream as alerting_stream
+
+    alerting = alerting_stream.register(
+        app, settings, topics=lambda: {tid: t.parent for tid, t in tagger.taxonomy.topics.items()})
+    alerting.ingest = agents.register(app, settings, tagger, sink, on_indexed=alerting.on_indexed)
+
+    @app.on_before_shutdown.connect
+    async def close_sink(app: object, **kwargs: object) -> None:
+        await sink.client.close()
     return app
 
 
@@ -45,7 +48,7 @@ def worker(settings: Settings, loglevel: str) -> None:
 
     try:
         app = build_worker(settings)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:  # a missing file, a bad taxonomy or config
         raise click.ClickException(str(exc)) from exc
     faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
 

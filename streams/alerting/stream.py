@@ -1,0 +1,300 @@
+"""Counting, spike detection, alerts and delivery inside the stream worker.
+
+How it fits together::
+
+    index-mentions ──(new mentions of a batch)──► CountRecord deltas ──► mentions.counts
+                                                    (keyed and partitioned by topic)
+    tick timer ──(per owned partition, every few seconds)──► CountRecord ticks ──┘
+                                                                                 │
+    count-and-detect (one per partition):                                        ▼
+        delta  → windowed tables: per-window counts per topic, per topic × source,
+                 distinct authors per topic (Faust tumbling windows on the mentions' time)
+        tick   → every window that ended before (now − grace) is closed for every topic this
+                 partition owns, a quiet window as a zero: detector → lifecycle → alert
+                 events → the alerts topic (acked), then the series state is saved in the
+                 ``alert-series`` table (its changelog survives restarts)
+    notify-subscribers: alerts topic → earful-alerts (id = alert id) → Dispatcher → receivers
+    retry timer (leader): held and failed deliveries that have come due
+
+Windows close on the worker's clock, not on the next mention: a topic that goes quiet
+still gets its zeros and its "all clear". Ticks pause while the index agent is working
+through a backlog, so a window is not closed before its mentions were counted.
+
+Alert side effects (alerts topic, then Elasticsearch and subscribers) happen before the
+series state is saved. A worker that dies in between recomputes the same alert (same id,
+same sequence) after restart: the alert document is overwritten and the delivery log's
+idempotency key stops a second message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import faust
+from elasticsearch import AsyncElasticsearch, NotFoundError
+
+from schemas.records import Alert, AlertSample
+from streams.alerting import terms
+from streams.alerting.counting import CountRecord, count_records, partition_for, window_start
+from streams.alerting.delivery import Dispatcher, ElasticsearchDeliveryLog
+from streams.alerting.subscriptions import parse_subscriptions
+from streams.alerting.watch import AlertingConfig, Watch, series_key
+from streams.settings import Settings, es_client_kwargs
+from streams.sinks.elasticsearch import make_client
+
+__all__ = ["AlertingStream", "register"]
+
+log = logging.getLogger(__name__)
+
+SAMPLE_LOOKBACK_WINDOWS = 5
+BACKGROUND = timedelta(hours=24)
+
+
+class MentionEvidence:
+    """Sample mentions and top terms of a spike, read back from the mentions index."""
+
+    def __init__(self, client: AsyncElasticsearch, index: str, max_samples: int) -> None:
+        self.client = client
+        self.index = index
+        self.max_samples = max_samples
+
+    async def _texts(self, filters: list[dict[str, Any]], size: int) -> list[dict[str, Any]]:
+        try:
+            resp = await self.client.search(
+                index=self.index, size=size, query={"bool": {"filter": filters}},
+                sort=[{"created_at": {"order": "desc"}}],
+                source_includes=["id", "source", "text", "url", "created_at"],
+            )
+        except NotFoundError:
+            return []
+        return [hit["_source"] for hit in resp["hits"]["hits"]]
+
+    async def __call__(self, topic: str, source: str | None, start: datetime,
+                       end: datetime) -> tuple[list[AlertSample], list[str]]:
+        scope: list[dict[str, Any]] = [{"term": {"tags": topic}}]
+        if source is not None:
+            scope.append({"term": {"source": source}})
+        since = start - (end - start) * SAMPLE_LOOKBACK_WINDOWS
+        try:
+            spike = await self._texts(
+                [*scope, {"range": {"created_at": {"gte": since.isoformat(), "lt": end.isoformat()}}}], 300)
+            before = await self._texts(
+                [*scope, {"range": {"created_at": {"gte": (since - BACKGROUND).isoformat(),
+                                                   "lt": since.isoformat()}}}], 500)
+        except Exception as exc:  # noqa: BLE001 - an alert without evidence beats no alert
+            log.warning("no sample mentions for the %s alert: search failed: %s", topic, exc)
+            return [], []
+        samples = [AlertSample.model_validate(doc) for doc in spike[: self.max_samples]]
+        background = terms.term_counts(doc["text"] for doc in before) if before else None
+        return samples, terms.top_terms([doc["text"] for doc in spike], background)
+
+
+class AlertingStream:
+    """The alerting agents of one worker; ``on_indexed`` is the index agent's hook."""
+
+    def __init__(self, app: faust.App, settings: Settings,
+                 topics: Callable[[], Mapping[str, str | None]]) -> None:
+        self.app = app
+        self.settings = settings
+        #: the taxonomy's topics and their parents (it may be reloaded while the worker runs)
+        self.topics = topics
+        self.partitions = settings.raw_partitions
+        self.window = settings.alert_window_seconds
+        config = settings.config()
+        self.cfg = AlertingConfig.from_config(
+            config.get("alerting"), window_seconds=self.window, kibana_url=settings.kibana_url)
+        self.watch = Watch(self.cfg)
+        self.subscriptions = parse_subscriptions(config)
+        #: set by the worker: the index agent's progress (ticks wait while it has a backlog)
+        self.ingest: Any = None
+        self.late = 0
+        self._es: AsyncElasticsearch | None = None
+        self._dispatcher: Dispatcher | None = None
+
+        self.counts_topic = app.topic(settings.topic_counts, key_type=str, value_type=CountRecord,
+                                      partitions=self.partitions)
+        self.alerts_topic = app.topic(settings.topic_alerts, key_serializer="raw", value_serializer="raw",
+                                      partitions=1)
+        expires = timedelta(seconds=max(self.window * 180, 3 * 3600))
+        window_field = CountRecord.window
+        self.topic_counts = app.Table("topic-window-counts", default=int, partitions=self.partitions) \
+            .tumbling(self.window, expires=expires).relative_to_field(window_field)
+        self.source_counts = app.Table("topic-source-window-counts", default=int, partitions=self.partitions) \
+            .tumbling(self.window, expires=expires).relative_to_field(window_field)
+        self.topic_authors = app.Table("topic-window-authors", default=list, partitions=self.partitions) \
+            .tumbling(self.window, expires=expires).relative_to_field(window_field)
+        self.series = app.Table("alert-series", partitions=self.partitions)
+        self._max_age = expires.total_seconds() - self.window
+        self._register()
+
+    # -- clients -------------------------------------------------------------------------
+
+    @property
+    def es(self) -> AsyncElasticsearch:
+        if self._es is None:
+            self._es = make_client(es_client_kwargs(self.settings))
+        return self._es
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        if self._dispatcher is None:
+            self._dispatcher = Dispatcher(self.subscriptions,
+                                          ElasticsearchDeliveryLog(self.es, self.settings.index_deliveries))
+        return self._dispatcher
+
+    # -- the index agent's side ----------------------------------------------------------
+
+    async def on_indexed(self, docs: list[dict[str, Any]], event: Any = None) -> None:
+        """Count the batch's new mentions; wait for the broker's acks before the batch is acked."""
+        futures = []
+        for record in count_records(docs, self.window, self.topics()):
+            futures.append(await self.counts_topic.send(
+                key=record.topic, value=record, partition=partition_for(record.topic, self.partitions)))
+        await asyncio.gather(*futures)
+
+    def _ingest_caught_up(self) -> bool:
+        ingest = self.ingest
+        if ingest is None or not ingest.last_at:
+            return True
+        idle = time.monotonic() - ingest.last_at > 2 * self.settings.batch_within
+        return idle or ingest.last_records < self.settings.batch_size
+
+    # -- agents and timers ---------------------------------------------------------------
+
+    def _register(self) -> None:
+        app = self.app
+
+        @app.timer(self.settings.alert_tick_seconds)
+        async def tick() -> None:
+            if not self._ingest_caught_up():
+                return  # a backlog is being indexed: its windows are not complete yet
+            now = time.time()
+            owned = [tp.partition for tp in app.assignor.assigned_actives()
+                     if tp.topic == self.settings.topic_counts]
+            for partition in owned:
+                await self.counts_topic.send(value=CountRecord(kind="tick", until=now - self.settings
+                                                               .alert_grace_seconds, now=now),
+                                             partition=partition)
+
+        @app.agent(self.counts_topic, name="count-and-detect")
+        async def count_and_detect(stream: faust.StreamT[CountRecord]) -> None:
+            async for event in stream.events():
+                record: CountRecord = event.value
+                if record.kind == "delta":
+                    self._count(record)
+                elif record.kind == "tick":
+                    await self._close(event.message.partition, record)
+
+        @app.agent(self.alerts_topic, name="notify-subscribers")
+        async def notify(stream: faust.StreamT[bytes]) -> None:
+            async for value in stream:
+                alert = Alert.model_validate_json(value)
+                await self._index_alert(alert)
+                if self.subscriptions:
+                    await self.dispatcher.dispatch(alert)
+
+        @app.timer(30.0, on_leader=True)
+        async def retry_deliveries() -> None:
+            if self.subscriptions:
+                await self.dispatcher.retry_due()
+
+        @app.on_before_shutdown.connect
+        async def close_clients(app: faust.App, **kwargs: Any) -> None:
+            if self._dispatcher is not None:
+                await self._dispatcher.aclose()
+            if self._es is not None:
+                await self._es.close()
+
+        @app.timer(60.0)
+        async def report_late() -> None:
+            if self.late:
+                log.warning("%d mentions arrived after their window had closed: indexed, not counted "
+                            "(raise EARFUL_ALERT_GRACE_SECONDS if sources deliver late)", self.late)
+                self.late = 0
+
+    def _count(self, record: CountRecord) -> None:
+        state = self.series.get(record.topic)
+        if state and record.window < float(state["closed_until"]):
+            self.late += record.count
+            return
+        self.topic_counts[record.topic] += record.count
+        for source, n in record.by_source.items():
+            self.source_counts[series_key(record.topic, source)] += n
+        if record.authors:
+            seen = self.topic_authors[record.topic].value()
+            merged = sorted(set(seen) | set(record.authors))
+            if len(merged) != len(seen):
+                self.topic_authors[record.topic] = merged
+        sources = set(state.get("sources", ())) if state else set()
+        if state is not None and not sources.issuperset(record.by_source):
+            self.series[record.topic] = {**state, "sources": sorted(sources | set(record.by_source))}
+        elif not state:
+            # First sight of the topic: its windows are watched from this one on.
+            self.series[record.topic] = {**self.watch.new_state(record.window),
+                                         "sources": sorted(record.by_source)}
+
+    def _value(self, table: Any, key: str, start: float) -> float:
+        return float(table.relative_to(start + self.window / 2)[key].value() or 0)
+
+    async def _close(self, partition: int, tick: CountRecord) -> None:
+        horizon = window_start(tick.until, self.window)
+        now = datetime.fromtimestamp(tick.now, tz=UTC)
+        evidence = MentionEvidence(self.es, self.settings.index_mentions, self.cfg.lifecycle.max_samples)
+        mine = {t for t in self.topics() if partition_for(t, self.partitions) == partition}
+        mine |= {k for k in self.series if "\x1f" not in k and partition_for(k, self.partitions) == partition}
+        for topic in sorted(mine):
+            state = dict(self.series.get(topic) or {**self.watch.new_state(horizon - self.window), "sources": []})
+            # Windows older than the tables keep are gone: resume at the oldest one still there.
+            state["closed_until"] = max(float(state["closed_until"]), horizon - self._max_age)
+            series = [(topic, None, self.topic_counts, state)]
+            if self.cfg.per_source:
+                for source in state.get("sources", ()):
+                    key = series_key(topic, source)
+                    sub = dict(self.series.get(key) or self.watch.new_state(float(state["closed_until"])))
+                    series.append((topic, source, self.source_counts, sub))
+            for topic_, source, table, st in series:
+                key = series_key(topic_, source)
+                due = self.watch.due(st, horizon)
+                if not due:
+                    continue
+                windows = [(start, self._value(table, key, start)) for start in due]
+                new_state, alerts = await self.watch.close(st, topic_, source, windows, now, evidence)
+                for alert in alerts:
+                    await self._publish(alert)
+                if source is None:
+                    new_state["sources"] = st.get("sources", [])
+                self.series[key] = new_state
+
+    async def _publish(self, alert: Alert) -> None:
+        log.info("alert %s %s: topic %s%s, %s, observed %.0f vs expected %.1f", alert.id, alert.status,
+                 alert.topic, f" on {alert.source}" if alert.source else "", alert.severity,
+                 alert.observed, alert.expected)
+        future = await self.alerts_topic.send(key=alert.id.encode(), value=alert.model_dump_json().encode())
+        await future  # acked before the series state moves on
+
+    async def _index_alert(self, alert: Alert) -> None:
+        """The alert document follows the lifecycle; a late redelivery never rolls it back."""
+        try:
+            current = await self.es.get(index=self.settings.index_alerts, id=alert.id,
+                                        source_includes=["sequence"])
+            if current["_source"].get("sequence", -1) > alert.sequence:
+                return
+        except NotFoundError:
+            pass
+        doc = alert.model_dump(mode="json")
+        await self.es.index(index=self.settings.index_alerts, id=alert.id, document=doc, refresh="wait_for")
+
+
+def register(app: faust.App, settings: Settings,
+             topics: Callable[[], Mapping[str, str | None]] | None = None) -> AlertingStream:
+    """Add the alerting agents to ``app``.
+
+    ``topics`` gives the taxonomy's topics with their parents: each is watched from the start
+    (quiet topics included), and a mention counts for its most specific topics only.
+    """
+    return AlertingStream(app, settings, topics or dict)

@@ -1,0 +1,283 @@
+"""Spikes end to end: real posts through Kafka and a real worker raise one alert per episode,
+delivered once per event to a local webhook receiver and a local SMTP server, and indexed.
+
+Windows are a few seconds long here (EARFUL_ALERT_WINDOW_SECONDS) so an episode (a quiet
+baseline, a spike that grows, calm again) fits in a minute or two; the code path is the
+one a 60-second window takes.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import json
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from email import message_from_bytes
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiosmtpd.controller import Controller
+from kafka import KafkaProducer
+
+from schemas import Mention
+from tests.integration.conftest import ROOT, Stack, consume_all, wait_for
+
+WINDOW = 3.0
+WORKER_ENV = {"EARFUL_ALERT_WINDOW_SECONDS": str(WINDOW), "EARFUL_ALERT_GRACE_SECONDS": "1",
+              "EARFUL_ALERT_TICK_SECONDS": "0.5"}
+SECRET = "hook-secret"
+SAMPLE = ROOT / "connectors" / "samples" / "crisislext26-sample.csv"
+OUTAGE_POSTS = [
+    "myGov is down again, can't lodge my tax return",
+    "Is the ATO portal down for anyone else? Error page every time I try to lodge",
+    "ATO online services not working tonight #myGov",
+    "Can't get into myGov, keeps timing out. Is the tax office site down?",
+]
+
+
+class Hooks:
+    """A webhook receiver that checks the signature; it can refuse requests for a while."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.bad_signatures = 0
+        self.down = False
+        self.lock = threading.Lock()
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        hooks = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server API
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+                with hooks.lock:
+                    if hooks.down:
+                        self.send_response(503)
+                        self.end_headers()
+                        return
+                    if not any(hmac.compare_digest(v, expected) for _, v in self.headers.items()):
+                        hooks.bad_signatures += 1
+                    else:
+                        hooks.received.append(json.loads(body) | {"key": self.headers.get("Idempotency-Key")})
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler
+
+    def events(self) -> list[tuple[str, int, str]]:
+        with self.lock:
+            return [(h["alert"]["id"], h["alert"]["sequence"], h["alert"]["status"]) for h in self.received]
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        self.messages.append(message_from_bytes(envelope.content))
+        return "250 OK"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def receivers(stack: Stack) -> Iterator[tuple[Hooks, Inbox]]:
+    hooks, inbox = Hooks(), Inbox()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), hooks.handler())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    smtp_port = _free_port()
+    smtp = Controller(inbox, hostname="127.0.0.1", port=smtp_port)
+    smtp.start()
+    config = {
+        "alerting": {
+            # The baseline learns from the first windows of background chatter.
+            "detector": {"warmup_minutes": 0.25, "window_minutes": 0, "min_count": 5},
+            "lifecycle": {"calm_windows": 2, "cooldown": "10m"},
+        },
+        "subscriptions": [
+            {"name": "ops-hook", "topics": ["outage"], "min_severity": "minor",
+             "channel": {"type": "webhook", "url": f"http://127.0.0.1:{server.server_port}/hook",
+                         "secret": SECRET, "timeout": 5}},
+            {"name": "comms-mail", "topics": ["outage"],
+             "channel": {"type": "email", "host": "127.0.0.1", "port": smtp_port, "security": "none",
+                         "from": "earful@agency.example", "to": ["comms@agency.example"]}},
+        ],
+    }
+    Path(stack.env["EARFUL_CONFIG_FILE"]).write_text(yaml.safe_dump(config))
+    try:
+        yield hooks, inbox
+    finally:
+        server.shutdown()
+        smtp.stop()
+
+
+class Chatter:
+    """Real posts (CrisisLexT26), a few per second, stamped now: the background of the spike."""
+
+    def __init__(self, stack: Stack) -> None:
+        with SAMPLE.open(encoding="utf-8", newline="") as handle:
+            self.texts = [row["text"] for row in csv.DictReader(handle)]
+        self.producer = KafkaProducer(bootstrap_servers=stack.settings.kafka_servers)
+        self.topic = stack.settings.topic_raw
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def send(self, source: str, native_id: str, text: str) -> None:
+        mention = Mention.build(source=source, native_id=native_id, text=text, created_at=datetime.now(UTC),
+                                url=f"https://{source}.example/{native_id}", author=f"user{native_id}")
+        self.producer.send(self.topic, key=mention.id.encode(), value=mention.model_dump_json().encode())
+
+    def spike(self, n: int, tag: str) -> None:
+        for i in range(n):
+            self.send("mastodon", f"{tag}-{i}", f"{OUTAGE_POSTS[i % len(OUTAGE_POSTS)]} ({tag} {i})")
+        self.producer.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            self.send("replay", f"bg-{self.sent}", self.texts[self.sent % len(self.texts)])
+            self.sent += 1
+            self.producer.flush()
+
+    def __enter__(self) -> Chatter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.producer.close()
+
+
+def _alert_docs(stack: Stack) -> list[dict[str, Any]]:
+    es = stack.es()
+    try:
+        index = stack.settings.index_alerts
+        if not es.indices.exists(index=index):
+            return []
+        es.indices.refresh(index=index)
+        return [h["_source"] for h in es.search(index=index, size=100)["hits"]["hits"]]
+    finally:
+        es.close()
+
+
+def _deliveries(stack: Stack) -> list[dict[str, Any]]:
+    es = stack.es()
+    try:
+        index = stack.settings.index_deliveries
+        if not es.indices.exists(index=index):
+            return []
+        es.indices.refresh(index=index)
+        return [h["_source"] for h in es.search(index=index, size=100)["hits"]["hits"]]
+    finally:
+        es.close()
+
+
+def _alive(stack: Stack, check: Any) -> Any:
+    def predicate() -> Any:
+        dead = [w for w in stack.workers[-1:] if w.poll() is not None]
+        assert not dead, f"the worker stopped:\n{stack.worker_logs()}"
+        return check()
+    return predicate
+
+
+def _warm_up(stack: Stack, chatter: Chatter) -> None:
+    wait_for(_alive(stack, lambda: stack.count() > 0), timeout=90, what="the first indexed mention")
+    # The detector's warm-up (15 s of windows) plus a few windows of baseline.
+    time.sleep(15 + 4 * WINDOW)
+
+
+def _statuses(events: list[tuple[str, int, str]]) -> list[str]:
+    return [status for _, _, status in sorted(events, key=lambda e: e[1])]
+
+
+def test_a_spike_raises_one_alert_delivered_updated_resolved_and_indexed(
+        stack: Stack, receivers: tuple[Hooks, Inbox]) -> None:
+    hooks, inbox = receivers
+    worker = stack.start_worker(**WORKER_ENV)
+    with Chatter(stack) as chatter:
+        _warm_up(stack, chatter)
+        chatter.spike(30, "a")
+        wait_for(_alive(stack, lambda: any(s == "open" for _, _, s in hooks.events())), timeout=60, what="the open alert")
+        time.sleep(WINDOW)
+        chatter.spike(150, "b")  # the spike grows: an update
+        wait_for(lambda: any(s == "update" for _, _, s in hooks.events()), timeout=60, what="an update")
+        wait_for(lambda: any(s == "resolved" for _, _, s in hooks.events()), timeout=90,
+                 what="the all clear")
+        time.sleep(3 * WINDOW)  # anything still to come would come now
+    assert worker.poll() is None, stack.worker_logs()
+
+    events = hooks.events()
+    assert hooks.bad_signatures == 0
+    assert len({alert_id for alert_id, _, _ in events}) == 1, events  # one episode, one alert
+    assert len(events) == len(set(events)), f"an event was delivered twice: {events}"
+    statuses = _statuses(events)
+    assert statuses[0] == "open" and statuses[-1] == "resolved" and "update" in statuses, statuses
+    assert statuses.count("open") == 1 and statuses.count("resolved") == 1
+    assert [seq for _, seq, _ in sorted(events, key=lambda e: e[1])] == list(range(len(events)))
+    assert len({h["key"] for h in hooks.received}) == len(events)
+
+    # The same events reached the mailbox, once each.
+    wait_for(lambda: len(inbox.messages) >= len(events), timeout=30, what="the e-mails")
+    assert len(inbox.messages) == len(events)
+    assert len({m["Message-ID"] for m in inbox.messages}) == len(events)
+
+    # The alert document followed the lifecycle to its end, with its evidence.
+    (doc,) = _alert_docs(stack)
+    assert doc["status"] == "resolved" and doc["topic"] == "outage"
+    assert doc["sequence"] == len(events) - 1
+    assert doc["peak_observed"] >= 30 and doc["observed"] <= doc["peak_observed"]
+    assert doc["samples"] and all(s["url"] for s in doc["samples"])
+    assert any(s["source"] == "mastodon" for s in doc["samples"])
+    assert {"mygov", "down", "ato", "lodge"} & set(doc["top_terms"]), doc["top_terms"]
+    assert doc["config_version"]
+
+    # Every event is on the alerts topic, and the delivery log says each one was sent.
+    records = consume_all(stack.settings, stack.settings.topic_alerts, expect=len(events))
+    assert sorted((json.loads(r.value)["sequence"]) for r in records) == list(range(len(events)))
+    deliveries = wait_for(lambda: [d for d in _deliveries(stack) if d["status"] == "sent"] or None,
+                          timeout=20, what="the delivery log")
+    sent = [d for d in _deliveries(stack) if d["status"] == "sent"]
+    assert len(sent) == 2 * len(events), deliveries
+
+
+def test_a_worker_restart_during_an_open_alert_neither_reopens_it_nor_loses_the_resolve(
+        stack: Stack, receivers: tuple[Hooks, Inbox]) -> None:
+    hooks, _ = receivers
+    worker = stack.start_worker(**WORKER_ENV)
+    with Chatter(stack) as chatter:
+        _warm_up(stack, chatter)
+        chatter.spike(40, "a")
+        wait_for(_alive(stack, lambda: any(s == "open" for _, _, s in hooks.events())), timeout=60, what="the open alert")
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        chatter.spike(20, "b")  # the spike goes on while no worker is running
+        stack.start_worker(**WORKER_ENV)
+        wait_for(lambda: any(s == "resolved" for _, _, s in hooks.events()), timeout=150,
+                 what="the all clear from the restarted worker")
+        time.sleep(3 * WINDOW)
+
+    events = hooks.events()
+    assert len({alert_id for alert_id, _, _ in events}) == 1, events
+    statuses = _statuses(events)
+    assert statuses.count("open") == 1 and statuses.count("resolved") == 1, statuses
+    assert len(events) == len(set(events)), events
+    (doc,) = _alert_docs(stack)
+    assert doc["status"] == "resolved"

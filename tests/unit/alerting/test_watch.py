@@ -1,0 +1,130 @@
+"""Counting records and closing windows: the alerting stream's logic without the servers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from schemas.records import AlertSample
+from streams.alerting.counting import (
+    author_key,
+    count_records,
+    most_specific,
+    partition_for,
+    window_start,
+)
+from streams.alerting.watch import AlertingConfig, Watch
+
+PARENTS = {"online_services": None, "outage": "online_services", "login_identity": "online_services",
+           "refund_delay": None}
+T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC).timestamp()
+
+
+def _doc(i: int, tags: list[str], *, at: float = T0, source: str = "mastodon", author: str | None = None) -> dict:
+    return {"id": f"m{i}", "tags": tags, "source": source, "author": author or f"user{i}",
+            "created_at": datetime.fromtimestamp(at, tz=UTC).isoformat()}
+
+
+def test_a_mention_counts_for_its_most_specific_topics() -> None:
+    assert most_specific(["online_services", "outage"], PARENTS) == ["outage"]
+    assert most_specific(["online_services", "outage", "login_identity"], PARENTS) == ["outage", "login_identity"]
+    assert most_specific(["online_services"], PARENTS) == ["online_services"]
+    assert most_specific(["refund_delay", "outage", "outage"], {}) == ["refund_delay", "outage"]
+
+
+def test_count_records_aggregate_a_batch_per_topic_and_window() -> None:
+    docs = [
+        _doc(1, ["online_services", "outage"], author="alice"),
+        _doc(2, ["outage"], source="reddit", author="bob"),
+        _doc(3, ["outage"], author="alice", at=T0 + 59),
+        _doc(4, ["outage"], at=T0 + 60),
+        _doc(5, []),
+        _doc(6, ["refund_delay"], at=T0 + 5),
+    ]
+    records = {(r.topic, r.window): r for r in count_records(docs, 60, PARENTS)}
+    assert set(records) == {("outage", T0), ("outage", T0 + 60), ("refund_delay", T0)}
+    first = records[("outage", T0)]
+    assert first.kind == "delta" and first.count == 3
+    assert first.by_source == {"mastodon": 2, "reddit": 1}
+    assert len(first.authors) == 2  # alice twice, bob once
+    assert author_key("alice", "mastodon") in first.authors
+    assert records[("outage", T0 + 60)].count == 1
+
+
+def test_partitions_follow_the_producers_default_partitioner() -> None:
+    from kafka.partitioner.default import murmur2
+
+    for topic in PARENTS:
+        assert partition_for(topic, 4) == (murmur2(topic.encode()) & 0x7FFFFFFF) % 4
+        assert 0 <= partition_for(topic, 4) < 4
+    assert window_start(T0 + 59.9, 60) == T0
+
+
+def _cfg() -> AlertingConfig:
+    return AlertingConfig.from_config(
+        {"detector": {"warmup_minutes": 10, "window_minutes": 0, "min_count": 5},
+         "lifecycle": {"calm_windows": 2, "cooldown": "5m"}},
+        window_seconds=60, kibana_url="http://kibana.example:5601", taxonomy_version="tax-agency@1")
+
+
+async def _evidence(topic: str, source: str | None, start: datetime, end: datetime):
+    return [AlertSample(id="m1", source="mastodon", text="myGov down?", url="https://m.example/1")], ["down"]
+
+
+def _series(values: list[float]) -> list[tuple[float, float]]:
+    return [(T0 + 60 * i, v) for i, v in enumerate(values)]
+
+
+QUIET = [1, 0, 2, 1, 0, 1, 1, 0, 2, 1, 0, 1, 1, 0, 1]
+EPISODE = [*QUIET, 40, 90, 60, 1, 0, 1, 0, 1]
+
+
+async def test_a_spike_opens_updates_and_resolves_one_alert() -> None:
+    watch = Watch(_cfg())
+    state, alerts = await watch.close(watch.new_state(T0), "outage", None, _series(EPISODE),
+                                      datetime.now(UTC), _evidence)
+    assert [a.status for a in alerts] == ["open", "update", "resolved"]
+    assert len({a.id for a in alerts}) == 1
+    opened = alerts[0]
+    assert opened.observed == 40 and opened.expected < 5 and opened.top_terms == ["down"]
+    assert opened.samples[0].url == "https://m.example/1"
+    assert opened.kibana_url and opened.kibana_url.startswith("http://kibana.example:5601/app/discover")
+    assert opened.config_version and opened.config_version.endswith("+tax-agency@1")
+    assert state["closed_until"] == T0 + 60 * len(EPISODE)
+
+
+async def test_quiet_windows_raise_nothing() -> None:
+    watch = Watch(_cfg())
+    _, alerts = await watch.close(watch.new_state(T0), "outage", None, _series(QUIET * 3),
+                                  datetime.now(UTC), _evidence)
+    assert alerts == []
+
+
+@pytest.mark.parametrize("cut", [16, 17, 19])
+async def test_state_carries_an_episode_across_a_restart(cut: int) -> None:
+    """Closing windows in two runs, the state passed between them, is the same as one run."""
+    watch = Watch(_cfg())
+    now = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    _, whole = await watch.close(watch.new_state(T0), "outage", None, _series(EPISODE), now, _evidence)
+    state, first = await watch.close(watch.new_state(T0), "outage", None, _series(EPISODE)[:cut], now, _evidence)
+    # A redelivered tick re-offers windows already closed: they are skipped.
+    _, again = await watch.close(state, "outage", None, _series(EPISODE)[:cut], now, _evidence)
+    assert again == []
+    restarted = Watch(_cfg())
+    _, rest = await restarted.close(state, "outage", None, _series(EPISODE)[cut:], now, _evidence)
+    assert [a.model_dump() for a in first + rest] == [a.model_dump() for a in whole]
+
+
+def test_windows_due_end_at_the_horizon() -> None:
+    watch = Watch(_cfg())
+    state = watch.new_state(T0)
+    assert watch.due(state, T0 + 59) == []
+    assert watch.due(state, T0 + 180) == [T0, T0 + 60, T0 + 120]
+
+
+def test_unknown_alerting_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown settings"):
+        AlertingConfig.from_config({"detectr": {}}, window_seconds=60)
+    with pytest.raises(ValueError, match="unknown detector settings"):
+        AlertingConfig.from_config({"detector": {"treshold": 0.5}}, window_seconds=60)
