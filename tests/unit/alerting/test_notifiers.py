@@ -144,6 +144,7 @@ async def test_transport_errors_are_retriable(exc: Exception) -> None:
 
 async def test_full_url_never_in_logs_or_errors(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="httpx")  # the CLI quiets httpx; this test reads its lines
     rec = Recorder(200, 500)
     notifier = build_notifier(WebhookChannel(type="webhook", url=SECRET_URL), rec.client())
     await notifier.send(ALERT, "k")  # httpx logs the request at INFO
