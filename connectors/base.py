@@ -97,7 +97,7 @@ class Connector(abc.ABC):
         """The native item as text, kept with a rejection so nothing is lost."""
         return _describe(item)
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - most connectors hold nothing to release
         """Release connections; called once by the runner when it stops."""
 
 

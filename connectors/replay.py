@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import orjson
 
-from connectors.base import Connector, Cursor, FatalError, Page, RejectedItem
+from connectors.base import Connector, Cursor, FatalError, Page
 from schemas import Mention
 
 #: Twitter/X snowflake ids carry their creation time (ms since this epoch in the top bits).

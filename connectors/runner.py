@@ -13,6 +13,7 @@ A cursor is saved only after Kafka acknowledged the whole page (acks=all).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -209,10 +210,8 @@ class Runner:
                 await connector.aclose()
 
     async def _sleep(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
 
     async def _run_one(self, connector: Connector, *, once: bool) -> None:
         name = connector.name

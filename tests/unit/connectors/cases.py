@@ -32,6 +32,10 @@ class Case:
     credential: str | None = None  # the env var a 401 must name
     env: dict[str, str] = field(default_factory=dict)
     setup: Callable[[FakePlatform], None] = lambda fake: None
+    # Pagination: after ``page`` set the watermark, newer items arrive over several pages.
+    more: list[tuple[str, Reply]] = field(default_factory=list)  # (route, reply), served in order per route
+    more_ids: set[str] = field(default_factory=set)
+    page_param: tuple[str, str, str] | None = None  # (route, parameter, value) a follow-up request must send
 
 
 def _json(platform: str, name: str, headers: dict[str, str] | None = None) -> Reply:
@@ -121,5 +125,45 @@ CASES: list[Case] = [
         cursor_param=("since_id", "1859081234567890123"),
         credential="EARFUL_X_BEARER_TOKEN",
         env={"EARFUL_X_BEARER_TOKEN": "AAAAAAAAAAAAAAAAAAAAAbearer-secret"},
+        more=[("/2/tweets/search/recent", _json("x", "page1_of_2.json")),
+              ("/2/tweets/search/recent", _json("x", "page2_of_2.json"))],
+        more_ids={"1859100000000000003", "1859090000000000002"},
+        page_param=("/2/tweets/search/recent", "next_token", "b26v89c19zqg8o3fpds"),
+    ),
+    Case(
+        id="youtube",
+        entry=lambda url: {"name": "youtube-test", "type": "youtube", "base_url": url,
+                           "channels": ["UCe_Tn9u_0R2tq5l2V0dTQ8g"]},
+        route="/commentThreads",
+        page=_json("youtube", "comment_threads.json"),
+        empty=_json("youtube", "empty.json"),
+        malformed=_json("youtube", "malformed.json"),
+        expect_ids={"UgzKp0tN7cG3bV5e9Xh4AaABAg", "UgwT3x9bQm1f2L8aZkJ4AaABAg"},
+        cursor_param=None,  # commentThreads has no "since": the sweep stops at the watermark
+        credential="EARFUL_YOUTUBE_API_KEY",
+        env={"EARFUL_YOUTUBE_API_KEY": "AIzaSyD-youtube-key-secret-123"},
+        more=[("/commentThreads", _json("youtube", "newer_page1.json")),
+              ("/commentThreads", _json("youtube", "newer_page2.json"))],
+        more_ids={"UgxNewer1a2b3c4d5e6f7g8AaABAg", "UgyNewer2h9i8j7k6l5m4n3AaABAg"},
+        page_param=("/commentThreads", "pageToken", "QURTSl9pMk5ld2VyUGFnZTI="),
+    ),
+    Case(
+        id="facebook",
+        entry=lambda url: {"name": "facebook-test", "type": "facebook", "base_url": url,
+                           "pages": ["104958162837"]},
+        route="/v21.0/104958162837/posts",
+        page=_json("facebook", "page_posts.json", {
+            "X-App-Usage": '{"call_count":12,"total_cputime":3,"total_time":4}'}),
+        empty=_json("facebook", "empty.json"),
+        malformed=_json("facebook", "malformed.json"),
+        expect_ids={"1023456789012345_1187654321098765", "1023456789012345_1187654321098799"},
+        cursor_param=None,  # comments have no "since": the sweep filters at the watermark
+        credential="EARFUL_FACEBOOK_PAGE_TOKEN",
+        env={"EARFUL_FACEBOOK_PAGE_TOKEN": "EAAGm0PX4ZCpsBAfacebook-page-token-secret"},
+        more=[("/v21.0/104958162837/posts", _json("facebook", "busy_post_first.json")),
+              ("/v21.0/104958162837_1030000000000001/comments", _json("facebook", "busy_post_rest.json"))],
+        more_ids={"1030000000000001_2000000000000004", "1030000000000001_2000000000000003",
+                  "1030000000000001_2000000000000002"},
+        page_param=("/v21.0/104958162837_1030000000000001/comments", "after", "QVFIUmFmdGVyMQ"),
     ),
 ]

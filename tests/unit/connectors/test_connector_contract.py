@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import pytest
 from cases import CASES, Case, build
@@ -126,3 +127,50 @@ async def test_empty_first_page(case: Case) -> None:
         finally:
             await connector.aclose()
     assert page.mentions == [] and page.rejected == [] and not page.has_more
+
+
+@pytest.mark.parametrize("paged", [c for c in CASES if c.more], ids=lambda c: c.id)
+async def test_newer_items_over_several_pages_are_read_once_each(paged: Case,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in paged.env.items():
+        monkeypatch.setenv(name, value)
+    async with FakePlatform() as fake:
+        paged.setup(fake)
+        routes: dict[str, list[Reply]] = {paged.route: [paged.page]}
+        for route, reply in paged.more:
+            routes.setdefault(route, []).append(reply)
+        for route, replies in routes.items():
+            fake.on(route, *replies)
+        connector = build(paged.entry(fake.url))
+        try:
+            first = await connector.poll(None)
+            cursor, seen = first.next_cursor, [m.native_id for m in first.mentions]
+            for _ in range(5):
+                page = await connector.poll(cursor)
+                seen += [m.native_id for m in page.mentions]
+                cursor = page.next_cursor
+                if not page.has_more:
+                    break
+        finally:
+            await connector.aclose()
+    assert sorted(seen) == sorted(paged.expect_ids | paged.more_ids)  # every item, each once
+    assert paged.page_param is not None
+    route, name, value = paged.page_param
+    assert value in [r.query.get(name) for r in fake.seen(route)]
+
+
+async def test_unreachable_platform_is_retriable_and_never_shows_secrets(
+        case: Case, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    connector = build(case.entry(url))
+    try:
+        with pytest.raises(RetriableError) as caught:
+            await connector.poll(None)
+    finally:
+        await connector.aclose()
+    assert connector.name in str(caught.value)
+    for secret in case.env.values():
+        assert secret not in str(caught.value) and secret not in repr(caught.value) and secret not in caplog.text
