@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import sys
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ def _parse_time(text: str) -> datetime:
     except ValueError:
         pass
     try:
-        return datetime.fromtimestamp(float(text), tz=None).astimezone()  # epoch seconds
+        return datetime.fromtimestamp(float(text), tz=UTC)  # epoch seconds
     except ValueError as exc:
         raise ValueError(f"not a timestamp: {text!r}") from exc
 
@@ -70,7 +70,7 @@ def _rows(path: Path, time_col: str, value_col: str) -> Iterator[tuple[str, date
 
 @click.command("detect")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--time-col", default="timestamp", show_default=True, help="Column with ISO-8601 times.")
+@click.option("--time-col", default="timestamp", show_default=True, help="Column with ISO-8601 times (naive: UTC) or epoch seconds.")
 @click.option("--value-col", default="value", show_default=True, help="Column with the count.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Detector settings YAML (the mapping, or under 'detector:').")
