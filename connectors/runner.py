@@ -116,14 +116,26 @@ class MentionProducer:
         self._producer.close(timeout=10)
 
 
+#: items/min is averaged over this many seconds: a source polled every few minutes still shows its rate
+RATE_WINDOW = 900.0
+
+
 @dataclass
 class ConnectorStatus:
+    """What a heartbeat says of one connector.
+
+    ``state`` ok with a recent ``last_success`` and 0 items/min means the source
+    works and nobody is talking; ``backoff``/``failing`` with ``last_error``
+    means the source is down or refusing us.
+    """
+
     connector: str
     state: str = "starting"
     last_success: float | None = None
     last_error: str | None = None
     last_error_at: float | None = None
     items_total: int = 0
+    started: float = field(default_factory=time.time)
     _recent: list[tuple[float, int]] = field(default_factory=list)
 
     def record_success(self, items: int) -> None:
@@ -131,7 +143,12 @@ class ConnectorStatus:
         self.state, self.last_success = "ok", now
         self.items_total += items
         self._recent.append((now, items))
-        self._recent = [(t, n) for t, n in self._recent if now - t <= 60]
+        self._recent = [(t, n) for t, n in self._recent if now - t <= RATE_WINDOW]
+
+    def items_per_min(self, now: float | None = None) -> float:
+        now = time.time() if now is None else now
+        window = min(RATE_WINDOW, max(now - self.started, 60.0))
+        return round(sum(n for t, n in self._recent if now - t <= window) * 60.0 / window, 2)
 
     def record_error(self, state: str, message: str) -> None:
         self.state, self.last_error, self.last_error_at = state, message, time.time()
@@ -146,7 +163,7 @@ class ConnectorStatus:
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
             "items_total": self.items_total,
-            "items_per_min": sum(n for t, n in self._recent if now - t <= 60),
+            "items_per_min": self.items_per_min(now),
         }
 
 
@@ -213,6 +230,17 @@ class Runner:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), timeout=seconds)
 
+    async def _wait(self, status: ConnectorStatus, seconds: float) -> None:
+        """Wait before the next poll, still beating: a long poll interval must not look like a dead source."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            await self._sleep(min(left, self.heartbeat_every))
+            if not self._stop.is_set() and deadline - time.monotonic() > 0:
+                self.producer.send_status(status.as_record())
+
     async def _run_one(self, connector: Connector, *, once: bool) -> None:
         name = connector.name
         status = self.statuses.setdefault(name, ConnectorStatus(name))
@@ -228,26 +256,29 @@ class Runner:
             except RetriableError as exc:
                 delay = backoff.next_delay(exc.retry_after)
                 status.record_error("backoff", str(exc))
+                self.producer.send_status(status.as_record())  # 'down' shows at once, not a beat later
                 self._errors.error(f"{name}:retriable", "%s: %s; retrying in %.0fs", name, exc, delay)
                 if once:
                     return
-                await self._sleep(delay)
+                await self._wait(status, delay)
                 continue
             except FatalError as exc:
                 status.record_error("failing", str(exc))
+                self.producer.send_status(status.as_record())  # 'down' shows at once, not a beat later
                 self._errors.error(f"{name}:fatal", "%s cannot run: %s", name, exc)
                 if once:
                     return
-                await self._sleep(max(backoff.next_delay(), 300.0))
+                await self._wait(status, max(backoff.next_delay(), 300.0))
                 continue
             except Exception as exc:  # a bug or an unexpected answer: keep the other sources going
                 delay = backoff.next_delay()
                 status.record_error("backoff", f"{type(exc).__name__}: {exc}")
+                self.producer.send_status(status.as_record())  # 'down' shows at once, not a beat later
                 self._errors.error(f"{name}:unexpected", "%s failed unexpectedly: %r; retrying in %.0fs",
                                    name, exc, delay)
                 if once:
                     return
-                await self._sleep(delay)
+                await self._wait(status, delay)
                 continue
             await self._deliver(name, page)
             cursor = page.next_cursor
@@ -259,7 +290,7 @@ class Runner:
                 self.producer.send_status(status.as_record())
                 return
             if not page.has_more:
-                await self._sleep(connector.poll_interval)
+                await self._wait(status, connector.poll_interval)
 
     async def _deliver(self, name: str, page: Page) -> None:
         if page.mentions:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
-
 from streams.settings import Settings, es_client_kwargs
 
 
@@ -43,7 +41,9 @@ def consumer_lag(settings: Settings) -> dict[str, Any]:
         partitions = consumer.partitions_for_topic(settings.topic_raw) or set()
         tps = [TopicPartition(settings.topic_raw, p) for p in sorted(partitions)]
         ends = consumer.end_offsets(tps)
-        committed = admin.list_consumer_group_offsets(settings.app_id)
+        # kafka-python renamed the call in its 3.x line.
+        list_offsets = getattr(admin, "list_consumer_group_offsets", None) or admin.list_group_offsets
+        committed = list_offsets(settings.app_id)
         per_partition = {}
         for tp in tps:
             done = committed.get(tp)
@@ -56,31 +56,11 @@ def consumer_lag(settings: Settings) -> dict[str, Any]:
         admin.close()
 
 
-def connector_heartbeats(settings: Settings, timeout: float = 2.0) -> dict[str, Any]:
-    """The latest heartbeat of each connector, read from the status topic."""
-    from kafka import KafkaConsumer, TopicPartition
+def connector_heartbeats(settings: Settings, timeout: float = 5.0) -> dict[str, Any]:
+    """The latest heartbeat of each connector, read from the tail of the status topic."""
+    from connectors.cli import read_heartbeats
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_servers, client_id="earful-status",
-                             enable_auto_commit=False)
-    try:
-        partitions = consumer.partitions_for_topic(settings.topic_status) or set()
-        tps = [TopicPartition(settings.topic_status, p) for p in partitions]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
-        latest: dict[str, Any] = {}
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(consumer.position(tp) < ends[tp] for tp in tps):
-            for messages in consumer.poll(timeout_ms=200).values():
-                for message in messages:
-                    try:
-                        record = orjson.loads(message.value)
-                        latest[str(record["connector"])] = record
-                    except (orjson.JSONDecodeError, KeyError, TypeError):
-                        continue
-        return latest
-    finally:
-        consumer.close()
+    return read_heartbeats(settings, timeout=timeout)
 
 
 def collect(settings: Settings) -> dict[str, Any]:
@@ -112,8 +92,19 @@ def render(report: dict[str, Any]) -> str:
             last = beat.get("last_success")
             ago = f"{now - last:.0f}s ago" if isinstance(last, (int, float)) else "never"
             error = f"; last error: {beat['last_error']}" if beat.get("last_error") else ""
+            heard = _heard(beat.get("at"), now)
             lines.append(f"  {name}: {beat.get('state')}, last success {ago}, "
-                         f"{beat.get('items_per_min', 0)} items/min{error}")
+                         f"{beat.get('items_per_min', 0)} items/min, heard {heard}{error}")
     else:
         lines.append("connectors: no heartbeat yet")
     return "\n".join(lines)
+
+
+def _heard(at: Any, now: float) -> str:
+    """How long ago the heartbeat was sent: a connector process that died stops beating."""
+    from datetime import datetime
+
+    try:
+        return f"{now - datetime.fromisoformat(str(at)).timestamp():.0f}s ago"
+    except ValueError:
+        return "at an unknown time"
