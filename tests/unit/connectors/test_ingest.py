@@ -1,0 +1,181 @@
+"""The webhook ingest server's answers, over aiohttp's test client with a fake producer."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from pydantic import SecretStr
+
+from connectors.config import IngestConfig
+from connectors.ingest import IngestServer, signature
+from schemas import Mention, mention_id
+
+SECRET = SecretStr("shared-ingest-secret-42")
+
+
+class FakeSink:
+    """Records what was sent; counts it as accepted only once flush returns (Kafka's ack)."""
+
+    def __init__(self) -> None:
+        self.pending: list[Mention] = []
+        self.acked: list[Mention] = []
+        self.release = threading.Event()
+        self.release.set()
+        self.fail: Exception | None = None
+
+    def send_mentions(self, mentions: list[Mention]) -> int:
+        self.pending.extend(mentions)
+        return 1
+
+    def flush(self, timeout: float = 60.0) -> None:
+        self.release.wait(timeout)
+        if self.fail is not None:
+            self.pending.clear()
+            raise self.fail
+        self.acked.extend(self.pending)
+        self.pending.clear()
+
+
+def mention(n: int, **extra: Any) -> dict[str, Any]:
+    return {"source": "brandwatch", "native_id": f"bw-{n}", "text": f"ATO refund delayed again #{n}",
+            "created_at": "2024-11-20T03:12:00Z", "url": f"https://example.org/p/{n}", **extra}
+
+
+@pytest.fixture
+def sink() -> FakeSink:
+    return FakeSink()
+
+
+@pytest.fixture
+async def client(sink: FakeSink) -> AsyncIterator[TestClient]:
+    config = IngestConfig(max_body_bytes=20_000, max_mentions=10, secret_env=None)
+    server = IngestServer(config, SECRET, sink)
+    async with TestClient(TestServer(server.app())) as test_client:
+        yield test_client
+
+
+def bearer(secret: str = SECRET.get_secret_value()) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+
+
+async def test_bearer_secret_accepts_and_answers_after_the_ack(client: TestClient, sink: FakeSink) -> None:
+    body = orjson.dumps([mention(1), mention(2)])
+    sink.release.clear()
+    request = asyncio.create_task(client.post("/mentions", data=body, headers=bearer()))
+    for _ in range(50):  # let the server receive the request and hand it to the producer
+        await asyncio.sleep(0.01)
+    assert not request.done()  # no answer while Kafka has not acknowledged
+    assert sink.acked == []
+    sink.release.set()
+    response = await request
+    assert response.status == 202
+    answer = await response.json()
+    assert answer["accepted"] == 2
+    assert answer["ids"] == [mention_id("brandwatch", "bw-1"), mention_id("brandwatch", "bw-2")]
+    assert [m.native_id for m in sink.acked] == ["bw-1", "bw-2"]
+
+
+async def test_hmac_signature_accepts_a_single_mention(client: TestClient, sink: FakeSink) -> None:
+    body = orjson.dumps(mention(3, id=mention_id("brandwatch", "bw-3")))
+    response = await client.post("/mentions", data=body, headers={"X-Earful-Signature": signature(SECRET, body)})
+    assert response.status == 202
+    assert [m.id for m in sink.acked] == [mention_id("brandwatch", "bw-3")]
+
+
+@pytest.mark.parametrize(("headers", "status", "says"), [
+    ({}, 401, "authentication required"),
+    ({"Authorization": "Bearer not-the-secret"}, 403, "wrong bearer token"),
+    ({"X-Earful-Signature": "sha256=" + "0" * 64}, 403, "X-Earful-Signature"),
+    ({"X-Earful-Signature": "garbage"}, 403, "X-Earful-Signature"),
+])
+async def test_bad_credentials_are_refused(client: TestClient, sink: FakeSink, headers: dict[str, str],
+                                           status: int, says: str) -> None:
+    response = await client.post("/mentions", data=orjson.dumps(mention(1)), headers=headers)
+    assert response.status == status
+    text = await response.text()
+    assert says in (await response.json())["error"]
+    assert SECRET.get_secret_value() not in text
+    assert sink.acked == [] and sink.pending == []
+
+
+async def test_signature_of_another_body_is_refused(client: TestClient, sink: FakeSink) -> None:
+    signed = orjson.dumps(mention(1))
+    sent = orjson.dumps(mention(666))
+    response = await client.post("/mentions", data=sent, headers={"X-Earful-Signature": signature(SECRET, signed)})
+    assert response.status == 403
+    assert sink.acked == []
+
+
+async def test_oversized_body_is_413(client: TestClient, sink: FakeSink) -> None:
+    big = orjson.dumps([mention(1, text="x" * 30_000)])
+    response = await client.post("/mentions", data=big, headers=bearer())
+    assert response.status == 413
+    assert "limit" in (await response.json())["error"]
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the limit still holds
+        for start in range(0, len(big), 4096):
+            yield big[start:start + 4096]
+
+    response = await client.post("/mentions", data=chunks(), headers=bearer())
+    assert response.status == 413
+    assert sink.acked == []
+
+
+async def test_too_many_mentions_in_one_request_is_413(client: TestClient, sink: FakeSink) -> None:
+    response = await client.post("/mentions", data=orjson.dumps([mention(n) for n in range(11)]), headers=bearer())
+    assert response.status == 413
+    assert "at most 10" in (await response.json())["error"]
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    (b"{not json", "not valid JSON"),
+    (b"[]", "no mentions"),
+    (b"[42]", "not a mention object"),
+])
+async def test_malformed_body_is_400_with_the_reason(client: TestClient, sink: FakeSink, body: bytes,
+                                                     says: str) -> None:
+    response = await client.post("/mentions", data=body, headers=bearer())
+    assert response.status == 400
+    assert response.content_type == "application/json"
+    assert says in (await response.json())["error"]
+    assert sink.acked == []
+
+
+async def test_schema_violations_are_422_and_nothing_of_the_request_is_kept(client: TestClient,
+                                                                              sink: FakeSink) -> None:
+    bad = [mention(1), mention(2, created_at="yesterday-ish"), mention(3, colour="blue"),
+           {"source": "Bad Source!", "native_id": "x", "text": "t", "created_at": "2024-11-20T03:12:00Z"},
+           mention(5, id="forged-id")]
+    response = await client.post("/mentions", data=orjson.dumps(bad), headers=bearer())
+    assert response.status == 422
+    answer = await response.json()
+    problems = {(d["index"], d["field"]) for d in answer["details"]}
+    assert (1, "created_at") in problems and (2, "colour") in problems and (3, "source") in problems
+    assert any(d["index"] == 4 and "'id' does not match" in d["error"] for d in answer["details"])
+    assert 0 not in {d["index"] for d in answer["details"]}
+    assert sink.acked == [] and sink.pending == []
+
+
+async def test_kafka_failure_is_503_so_the_pusher_sends_again(client: TestClient, sink: FakeSink) -> None:
+    from kafka.errors import KafkaTimeoutError
+
+    sink.fail = KafkaTimeoutError("Batch for mentions.raw-0 containing 1 record(s) expired")
+    response = await client.post("/mentions", data=orjson.dumps(mention(1)), headers=bearer())
+    assert response.status == 503
+    assert "send the same request again" in (await response.json())["error"]
+    assert sink.acked == []
+
+
+async def test_the_schema_pushers_validate_against(client: TestClient) -> None:
+    response = await client.get("/schema")
+    assert response.status == 200
+    schema = await response.json()
+    assert schema["properties"] == Mention.model_json_schema()["properties"]
+    assert {"source", "native_id", "text", "created_at"} <= set(schema["required"])
+    assert "id" not in schema["required"]  # derived when left out
