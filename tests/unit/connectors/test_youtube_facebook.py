@@ -164,3 +164,19 @@ async def test_facebook_reply_points_at_its_parent_comment() -> None:
     assert reply.reply_to == "1023456789012345_1187654321098765"
     assert top.reply_to == "104958162837_1023456789012345"  # the Page post
     assert top.author == "Priya Raman" and top.created_at.isoformat() == "2024-11-20T03:44:12+00:00"
+
+
+async def test_a_secret_file_never_shows_in_errors_or_logs(tmp_path, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.delenv("EARFUL_FACEBOOK_PAGE_TOKEN")
+    secret_file = tmp_path / "facebook-token"
+    secret_file.write_text("EAAfile-held-page-token-987\n")
+    async with FakePlatform() as fake:
+        error = await _poll_error({**facebook(fake.url), "token_env": None, "token_file": str(secret_file)},
+                                  "/v21.0/104958162837/posts",
+                                  Reply(fixture("facebook", "token_expired.json"), status=400), fake)
+        sent = fake.seen("/v21.0/104958162837/posts")[0]
+    assert sent.headers["Authorization"] == "Bearer EAAfile-held-page-token-987"
+    assert isinstance(error, FatalError) and str(secret_file) in str(error)
+    assert "EAAfile-held-page-token-987" not in str(error) + repr(error) + caplog.text
