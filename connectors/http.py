@@ -138,6 +138,14 @@ def _retry_after_only(response: httpx.Response) -> float | None:
     return None if value is None else min(value, MAX_RETRY_AFTER)
 
 
+def _has_request(exc: httpx.TransportError) -> bool:
+    try:
+        exc.request  # noqa: B018 - httpx raises when the error has no request
+    except RuntimeError:
+        return False
+    return True
+
+
 @dataclass
 class Native:
     """A native item and the question that found it (the Mention's ``query``)."""
@@ -190,8 +198,8 @@ class HttpConnector(Connector):
             # Relative to the configured base URL (which tests point at a local server).
             response = await self.client.request(method, url if "://" in url else url.lstrip("/"), **kwargs)
         except httpx.TransportError as exc:
-            raise RetriableError(f"{self.name}: {type(exc).__name__} talking to "
-                                 f"{self.client.base_url.host}: {exc}") from None
+            host = exc.request.url.host if _has_request(exc) else self.client.base_url.host
+            raise RetriableError(f"{self.name}: {type(exc).__name__} talking to {host}: {exc}") from None
         if response.status_code not in allow:
             raise_for_status(response, source=self.name, credential=credential or self.credential)
         exhausted = exhausted_for(response.headers)

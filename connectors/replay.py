@@ -87,6 +87,8 @@ class ReplayOptions:
     keep_raw: bool = False
     #: start over at the end, forever; each pass is a new copy of the posts (``~N`` on native ids)
     loop: bool = False
+    #: the longest wait between two posts, in replay seconds: a file that spans months still plays
+    max_gap: float | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ class ReplayConnector(Connector):
         self._columns: tuple[str, str | None, str | None] | None = None
         self._start_wall: float | None = None
         self._cycle = 0
+        self._offsets: dict[int, float] | None = None
 
     @property
     def total(self) -> int:
@@ -160,6 +163,13 @@ class ReplayConnector(Connector):
         if len(timed) == len(rows):
             rows.sort(key=lambda r: r.at)  # type: ignore[arg-type, return-value]
         self._rows = rows
+        if self.options.max_gap is not None and timed and len(timed) == len(rows):
+            # Quiet stretches of the original (nights, months between events) shrink to max_gap.
+            self._offsets, offset = {}, 0.0
+            for before, row in zip([rows[0], *rows], rows, strict=False):
+                gap = (row.at - before.at).total_seconds() / max(self.options.speed, 1e-9)  # type: ignore[operator]
+                offset += min(max(gap, 0.0), self.options.max_gap)
+                self._offsets[row.index] = offset
         return rows
 
     def _row_time(self, fields: dict[str, Any]) -> datetime | None:
@@ -209,6 +219,8 @@ class ReplayConnector(Connector):
         rows = self._load()
         if self.options.as_fast_as_possible:
             return 0.0
+        if self._offsets is not None:
+            return self._offsets[item.index]
         first = rows[0].at
         if first is None or item.at is None:
             return item.index / max(self.options.speed, 1e-9)

@@ -33,6 +33,7 @@ class ReplaySourceConfig(SourceConfig):
     as_fast_as_possible: bool = False
     keep_time: bool = False
     loop: bool = False
+    max_gap: float | None = Field(default=0.5, gt=0, description="longest wait between two posts, in seconds")
 
     def resolved_path(self) -> Path:
         # Relative paths in the shipped config are relative to the project, wherever earful runs from.
@@ -54,7 +55,7 @@ class LoopingReplay(Connector):
         self.options = ReplayOptions(path=path, source=config.name, format=fmt, text_col=config.text_col,
                                      time_col=config.time_col, id_col=config.id_col, speed=config.speed,
                                      as_fast_as_possible=config.as_fast_as_possible,
-                                     keep_time=config.keep_time, keep_raw=keep_raw)
+                                     keep_time=config.keep_time, keep_raw=keep_raw, max_gap=config.max_gap)
         self._lap = -1
         self._inner: ReplayConnector | None = None
 

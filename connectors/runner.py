@@ -183,6 +183,12 @@ class Backoff:
         self.failures = 0
 
 
+def _named(name: str, exc: Exception) -> str:
+    """The error's message, starting with the connector's name once (connectors usually put it there)."""
+    text = str(exc)
+    return text if text.startswith(f"{name}:") else f"{name}: {text}"
+
+
 class _RateLimitedLog:
     """One log line per connector and error kind per ``every`` seconds."""
 
@@ -257,7 +263,7 @@ class Runner:
                 delay = backoff.next_delay(exc.retry_after)
                 status.record_error("backoff", str(exc))
                 self.producer.send_status(status.as_record())  # 'down' shows at once, not a beat later
-                self._errors.error(f"{name}:retriable", "%s: %s; retrying in %.0fs", name, exc, delay)
+                self._errors.error(f"{name}:retriable", "%s; retrying in %.0fs", _named(name, exc), delay)
                 if once:
                     return
                 await self._wait(status, delay)
@@ -265,7 +271,7 @@ class Runner:
             except FatalError as exc:
                 status.record_error("failing", str(exc))
                 self.producer.send_status(status.as_record())  # 'down' shows at once, not a beat later
-                self._errors.error(f"{name}:fatal", "%s cannot run: %s", name, exc)
+                self._errors.error(f"{name}:fatal", "%s cannot run: %s", name, _named(name, exc).removeprefix(f"{name}: "))
                 if once:
                     return
                 await self._wait(status, max(backoff.next_delay(), 300.0))

@@ -54,3 +54,18 @@ def test_sources_with_credentials_name_where_they_come_from(monkeypatch) -> None
     assert not by_name["youtube"].runnable
     monkeypatch.setenv("EARFUL_YOUTUBE_API_KEY", "key-from-env")
     assert by_name["youtube"].runnable
+
+
+def test_the_shipped_replay_keeps_posts_coming_across_quiet_months() -> None:
+    from connectors.replay import ReplayConnector
+
+    sources, _ = _sources()
+    demo = registry.build(sources[0])
+    assert isinstance(demo, LoopingReplay)
+    inner = ReplayConnector(demo.options)
+    rows = inner._load()
+    span = (rows[-1].at - rows[0].at).total_seconds() / demo.options.speed  # type: ignore[operator]
+    assert span > 86400  # at its own pace the sample would take more than a day, mostly silent
+    offsets = [inner._offset(r) for r in rows]
+    assert offsets == sorted(offsets)
+    assert offsets[-1] <= 0.5 * len(rows)  # no wait between two posts is longer than half a second
