@@ -42,7 +42,7 @@ test: $(STAMP) ## Run the whole suite (unit + integration) against freshly start
 	$(PY) -m pytest -p no:cacheprovider -q -ra
 
 test-unit: $(STAMP) ## Run the unit tests only (no servers)
-	$(PY) -m pytest -p no:cacheprovider -q tests/unit tests/agents
+	$(PY) -m pytest -p no:cacheprovider -q tests/unit
 
 bench: $(STAMP) ## Print throughput figures and ratios measured in one run on the embedded stack
 	@$(BENCH_ENV) $(EARFUL) down >/dev/null 2>&1 || true

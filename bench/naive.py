@@ -1,0 +1,50 @@
+"""The naive worker, for comparison: the same job as ``earful worker`` done one event at a time.
+
+One Kafka record per mention; per event it validates and tags the mention, indexes it with
+one ``await es.index()``, ``await``s a ``topic.send()`` of the tagged mention, and writes a
+table (a count per topic). This is how a first Faust agent is usually written.
+
+Run as ``python -m bench.naive`` with the same EARFUL_* settings as the real worker.
+"""
+
+from __future__ import annotations
+
+import faust
+import orjson
+
+from schemas import Mention
+from streams.app import create_app
+from streams.settings import Settings, es_client_kwargs
+from streams.sinks.elasticsearch import make_client
+from streams.tagging import Tagger
+
+
+def main() -> None:
+    settings = Settings()
+    tagger = Tagger.load(settings.taxonomy, settings.model)
+    app = create_app(settings)
+    es = make_client(es_client_kwargs(settings))
+    source = app.topic(settings.topic_raw, value_serializer="raw", partitions=settings.raw_partitions)
+    out = app.topic(settings.topic_counts, value_serializer="raw", partitions=settings.raw_partitions)
+    counts = app.Table("naive-counts", default=int, partitions=settings.raw_partitions)
+
+    @app.agent(source)
+    async def tag_each(stream: faust.StreamT[bytes]) -> None:
+        async for value in stream:
+            mention = Mention.model_validate_json(value)
+            result = tagger.tag(mention.text, mention.lang)
+            doc = mention.model_dump(mode="json") | {"tags": result.tags}
+            await es.index(index=settings.index_mentions, id=mention.id, document=doc)
+            await out.send(key=mention.id.encode(), value=orjson.dumps(doc))
+            for tag in result.tags or ["untagged"]:
+                counts[tag] += 1
+
+    @app.on_before_shutdown.connect
+    async def close(app: faust.App, **kwargs: object) -> None:
+        await es.close()
+
+    faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""End-to-end throughput on the running servers, three ways, same data, same servers.
+
+- ceiling: a plain kafka-python consume + Elasticsearch bulk loop (no validation, no tagging);
+- worker: the real ``earful worker`` process (validate, dedupe, tag, index, reject, count);
+- naive: the same job in a per-event Faust agent: per mention one ``await es.index()``,
+  one ``await topic.send()`` and a table write (bench/naive.py).
+
+Rates are mentions (events) per second, measured from the first to the last
+mention handled, so consumer-group start-up is not counted against anyone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+from elasticsearch import Elasticsearch
+from kafka import KafkaConsumer, KafkaProducer
+
+from bench.data import real_mentions
+from connectors.runner import encode_pages
+from schemas import Mention
+from streams import devstack
+from streams.settings import Settings, es_client_kwargs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _produce_pages(settings: Settings, topic: str, mentions: list[Mention]) -> None:
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_servers, acks="all", linger_ms=20)
+    for partition, value in encode_pages(mentions, settings.raw_partitions):
+        producer.send(topic, value=value, partition=partition)
+    producer.flush()
+    producer.close()
+
+
+def _produce_single(settings: Settings, topic: str, mentions: list[Mention]) -> None:
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_servers, acks="all", linger_ms=20)
+    for mention in mentions:
+        producer.send(topic, key=mention.id.encode(), value=mention.model_dump_json().encode())
+    producer.flush()
+    producer.close()
+
+
+def _topics(settings: Settings, tag: str) -> dict[str, str]:
+    names = {"raw": f"bench.raw.{tag}", "rejected": f"bench.rejected.{tag}", "counts": f"bench.counts.{tag}"}
+    devstack.create_topics(settings, {names["raw"]: settings.raw_partitions, names["rejected"]: 1,
+                                      names["counts"]: settings.raw_partitions})
+    return names
+
+
+def ceiling(settings: Settings, mentions: list[Mention]) -> float:
+    tag = uuid.uuid4().hex[:8]
+    topics = _topics(settings, tag)
+    index = f"earful-mentions-bench-ceiling-{tag}"
+    _produce_pages(settings, topics["raw"], mentions)
+    es = Elasticsearch(**es_client_kwargs(settings))
+    consumer = KafkaConsumer(topics["raw"], bootstrap_servers=settings.kafka_servers, group_id=f"ceiling-{tag}",
+                             auto_offset_reset="earliest", enable_auto_commit=False,
+                             session_timeout_ms=6000, heartbeat_interval_ms=1000, max_poll_records=500)
+    done, started = 0, None
+    action = b'{"index":{"_index":' + orjson.dumps(index) + b',"_id":'
+    try:
+        while done < len(mentions):
+            polled = consumer.poll(timeout_ms=1000, max_records=500)
+            operations: list[bytes] = []
+            for messages in polled.values():
+                for message in messages:
+                    for doc in orjson.loads(message.value)["mentions"]:
+                        operations.append(action + orjson.dumps(doc["id"]) + b"}}")
+                        operations.append(orjson.dumps(doc))
+            if not operations:
+                continue
+            started = started or time.perf_counter()
+            es.bulk(operations=operations)
+            consumer.commit()
+            done += len(operations) // 2
+        elapsed = time.perf_counter() - (started or time.perf_counter())
+    finally:
+        consumer.close()
+        es.indices.delete(index=index, ignore_unavailable=True)
+        es.close()
+    return done / elapsed
+
+
+def _rate_while(progress: Callable[[], int], total: int, timeout: float, proc: subprocess.Popen[bytes]) -> float:
+    """Mentions/s from the first progress seen until ``total`` is reached."""
+    first: tuple[float, int] | None = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the benchmarked worker exited with code {proc.returncode}")
+        count = progress()
+        now = time.perf_counter()
+        if count > 0 and first is None:
+            first = (now, count)
+        if count >= total and first is not None:
+            return (count - first[1]) / max(now - first[0], 1e-9)
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out: {progress()} of {total} mentions after {timeout:.0f}s")
+
+
+def _start(module: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as handle:
+        return subprocess.Popen([sys.executable, "-m", *module], env=env, stdout=handle,
+                                stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _env(settings: Settings, tag: str, topics: dict[str, str], index: str) -> dict[str, str]:
+    return {**os.environ, "EARFUL_APP_ID": f"bench-{tag}", "EARFUL_TOPIC_RAW": topics["raw"],
+            "EARFUL_TOPIC_REJECTED": topics["rejected"], "EARFUL_TOPIC_COUNTS": topics["counts"],
+            "EARFUL_INDEX_MENTIONS": index, "EARFUL_CONFIG_FILE": "/nonexistent/earful.yaml"}
+
+
+def worker(settings: Settings, mentions: list[Mention], log_dir: Path) -> float:
+    tag = uuid.uuid4().hex[:8]
+    topics = _topics(settings, tag)
+    index = f"earful-mentions-bench-worker-{tag}"
+    _produce_pages(settings, topics["raw"], mentions)
+    es = Elasticsearch(**es_client_kwargs(settings))
+    proc = _start(["streams", "worker", "--loglevel", "warning"], _env(settings, tag, topics, index),
+                  log_dir / "bench-worker.log")
+
+    try:
+        return _rate_while(_indexed(es, index), len(mentions), 600, proc)
+    finally:
+        _stop(proc)
+        es.indices.delete(index=index, ignore_unavailable=True)
+        es.close()
+
+
+def _indexed(es: Elasticsearch, index: str) -> Callable[[], int]:
+    def count() -> int:
+        if not es.indices.exists(index=index):
+            return 0
+        return int(es.count(index=index)["count"])
+    return count
+
+
+def naive(settings: Settings, mentions: list[Mention], log_dir: Path) -> float:
+    tag = uuid.uuid4().hex[:8]
+    topics = _topics(settings, tag)
+    index = f"earful-mentions-bench-naive-{tag}"
+    _produce_single(settings, topics["raw"], mentions)
+    es = Elasticsearch(**es_client_kwargs(settings))
+    proc = _start(["bench.naive"], _env(settings, tag, topics, index), log_dir / "bench-naive.log")
+    try:
+        return _rate_while(_indexed(es, index), len(mentions), 600, proc)
+    finally:
+        _stop(proc)
+        es.indices.delete(index=index, ignore_unavailable=True)
+        es.close()
+
+
+def run(log_dir: Path, total: int | None = None, naive_total: int = 5000) -> dict[str, float]:
+    settings = Settings()
+    mentions = real_mentions(total)
+    figures = {"mentions": float(len(mentions))}
+
+    def measured(name: str, value: float) -> None:
+        figures[name] = value
+        print(f"  {name:<36} {value:,.0f}", flush=True)
+
+    print(f"== pipeline: {len(mentions):,} real posts, Kafka -> worker -> Elasticsearch (mentions/s)", flush=True)
+    measured("ceiling_mentions_per_s", ceiling(settings, mentions))
+    measured("worker_mentions_per_s", worker(settings, mentions, log_dir))
+    measured("naive_mentions_per_s", naive(settings, mentions[:naive_total], log_dir))
+    figures["ratio_to_ceiling"] = figures["worker_mentions_per_s"] / figures["ceiling_mentions_per_s"]
+    figures["speedup_vs_naive"] = figures["worker_mentions_per_s"] / figures["naive_mentions_per_s"]
+    return figures
