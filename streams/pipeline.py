@@ -35,6 +35,8 @@ class TaggerLike(Protocol):
 
     def tag(self, text: str, lang: str | None = None) -> TagOutcome: ...
 
+    def tag_many(self, texts: Sequence[str], langs: Sequence[str | None] | None = None) -> Sequence[TagOutcome]: ...
+
 
 @dataclass(frozen=True)
 class RawRecord:
@@ -103,8 +105,10 @@ def validate(record: RawRecord, items: Iterable[Any], batch: Batch) -> list[Ment
     return mentions
 
 
-def to_document(mention: Mention, tagger: TaggerLike, tagged_at: datetime) -> dict[str, Any]:
-    outcome = tagger.tag(mention.text, mention.lang)
+def to_document(mention: Mention, tagger: TaggerLike, tagged_at: datetime,
+                outcome: TagOutcome | None = None) -> dict[str, Any]:
+    if outcome is None:
+        outcome = tagger.tag(mention.text, mention.lang)
     doc = mention.model_dump(mode="json", exclude_none=True)
     doc["tags"] = outcome.tags
     doc["why"] = [reason.model_dump(mode="json", exclude_none=True) for reason in outcome.why]
@@ -133,7 +137,10 @@ def process(records: Sequence[RawRecord], tagger: TaggerLike) -> Batch:
                 batch.duplicates_in_batch += 1
             by_id[mention.id] = mention  # the latest copy wins, as it would in the index
     tagged_at = utcnow()
-    batch.docs = [to_document(m, tagger, tagged_at) for m in by_id.values()]
+    mentions = list(by_id.values())
+    # One call for the batch: the learned tier scores all its texts at once.
+    outcomes = tagger.tag_many([m.text for m in mentions], [m.lang for m in mentions])
+    batch.docs = [to_document(m, tagger, tagged_at, o) for m, o in zip(mentions, outcomes, strict=True)]
     return batch
 
 
