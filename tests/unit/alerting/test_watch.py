@@ -128,3 +128,16 @@ def test_unknown_alerting_settings_are_refused() -> None:
         AlertingConfig.from_config({"detectr": {}}, window_seconds=60)
     with pytest.raises(ValueError, match="unknown detector settings"):
         AlertingConfig.from_config({"detector": {"treshold": 0.5}}, window_seconds=60)
+
+
+def test_the_shipped_config_has_valid_alerting_and_subscriptions() -> None:
+    import yaml
+
+    from streams.alerting.subscriptions import parse_subscriptions
+    from streams.settings import PROJECT_ROOT
+
+    config = yaml.safe_load((PROJECT_ROOT / "deploy" / "earful.yaml").read_text())
+    cfg = AlertingConfig.from_config(config["alerting"], window_seconds=60)
+    assert cfg.detector.for_topic("scam_phishing").threshold < cfg.detector.threshold
+    assert cfg.detector.overrides and cfg.lifecycle.calm_windows >= 1
+    assert parse_subscriptions(config) == []
