@@ -1,7 +1,8 @@
 """The worker's agents, wired to one Faust app.
 
 ``index-mentions`` consumes ``mentions.raw`` in batches (``take_events``): it
-validates, dedupes, tags and bulk-indexes a batch, sends what is invalid to
+validates, dedupes, tags and bulk-indexes a batch (in slices of ``batch_size`` mentions,
+one slice tagged while the previous one is being indexed), sends what is invalid to
 ``mentions.rejected`` with the reason, and only then lets Faust acknowledge the
 batch's records. Offsets are therefore committed only past mentions that are
 stored (in Elasticsearch) or rejected (in Kafka, acked): a worker killed at any
@@ -45,11 +46,12 @@ class Throughput:
     _last_log: float = field(default_factory=time.monotonic)
     _last_mentions: int = 0
 
-    def add(self, batch: pipeline.Batch, created: int, refused: int) -> None:
+    def add(self, batch: pipeline.Batch, created: int) -> None:
+        """``batch.rejected`` includes the documents the search server refused."""
         self.records += batch.records
         self.mentions += batch.mentions_in
         self.created += created
-        self.rejected += len(batch.rejected) + refused
+        self.rejected += len(batch.rejected)
         now = time.monotonic()
         self.last_records, self.last_at = batch.records, now
         if now - self._last_log >= self.every:
@@ -73,24 +75,38 @@ def register(app: faust.App, settings: Settings, tagger: pipeline.TaggerLike, si
         # Wait for the broker's acknowledgement: the source records are acked right after.
         await asyncio.gather(*futures)
 
+    async def write(docs: list[dict[str, Any]], batch: pipeline.Batch) -> list[dict[str, Any]]:
+        """Index a slice; what the search server refuses joins the batch's rejections."""
+        result = await sink.write(docs)
+        if result.refused:
+            by_id = {d["id"]: d for d in docs}
+            batch.rejected.extend(pipeline.refused_document(by_id[doc_id], reason, settings.index_mentions)
+                                  for doc_id, reason in result.refused)
+        created = set(result.created)
+        return [d for d in docs if d["id"] in created]
+
     @app.agent(raw, name="index-mentions", concurrency=settings.worker_concurrency)
     async def index_mentions(stream: faust.StreamT[Any]) -> None:
         async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
             records = [pipeline.RawRecord(e.value, e.message.topic, e.message.partition, e.message.offset)
                        for e in events]
-            batch = pipeline.process(records, tagger)
-            result = await sink.write(batch.docs)
-            if result.refused:
-                docs = {d["id"]: d for d in batch.docs}
-                batch.rejected.extend(
-                    pipeline.refused_document(docs[doc_id], reason, settings.index_mentions)
-                    for doc_id, reason in result.refused)
+            # CPU work runs in a thread so the event loop keeps the bulk request of the previous
+            # slice (and the consumer's fetches and heartbeats) moving while the next is tagged.
+            batch, mentions = await asyncio.to_thread(pipeline.prepare, records)
+            created: list[dict[str, Any]] = []
+            in_flight: asyncio.Future[list[dict[str, Any]]] | None = None
+            for start in range(0, len(mentions), settings.batch_size):
+                docs = await asyncio.to_thread(pipeline.tag, mentions[start:start + settings.batch_size], tagger)
+                if in_flight is not None:
+                    created += await in_flight
+                in_flight = asyncio.ensure_future(write(docs, batch))
+            if in_flight is not None:
+                created += await in_flight
             if batch.rejected:
                 await send_rejected(batch.rejected)
-            if on_indexed is not None and result.created:
-                created = set(result.created)
-                await on_indexed([d for d in batch.docs if d["id"] in created], events[-1])
-            stats.add(batch, len(result.created), len(result.refused))
+            if on_indexed is not None and created:
+                await on_indexed(created, events[-1])
+            stats.add(batch, len(created))
 
     @app.timer(5.0)
     async def reload_taxonomy() -> None:

@@ -123,7 +123,8 @@ def to_document(mention: Mention, tagger: TaggerLike, tagged_at: datetime,
     return doc
 
 
-def process(records: Sequence[RawRecord], tagger: TaggerLike) -> Batch:
+def prepare(records: Sequence[RawRecord]) -> tuple[Batch, list[Mention]]:
+    """Decode and validate a batch of records: the valid mentions (deduplicated), the rest rejected."""
     batch = Batch(records=len(records))
     by_id: dict[str, Mention] = {}
     for record in records:
@@ -136,11 +137,19 @@ def process(records: Sequence[RawRecord], tagger: TaggerLike) -> Batch:
             if mention.id in by_id:
                 batch.duplicates_in_batch += 1
             by_id[mention.id] = mention  # the latest copy wins, as it would in the index
+    return batch, list(by_id.values())
+
+
+def tag(mentions: Sequence[Mention], tagger: TaggerLike) -> list[dict[str, Any]]:
+    """The documents of ``mentions``: tagged in one call (the learned tier scores them at once)."""
     tagged_at = utcnow()
-    mentions = list(by_id.values())
-    # One call for the batch: the learned tier scores all its texts at once.
     outcomes = tagger.tag_many([m.text for m in mentions], [m.lang for m in mentions])
-    batch.docs = [to_document(m, tagger, tagged_at, o) for m, o in zip(mentions, outcomes, strict=True)]
+    return [to_document(m, tagger, tagged_at, o) for m, o in zip(mentions, outcomes, strict=True)]
+
+
+def process(records: Sequence[RawRecord], tagger: TaggerLike) -> Batch:
+    batch, mentions = prepare(records)
+    batch.docs = tag(mentions, tagger)
     return batch
 
 
