@@ -70,4 +70,24 @@ def setup(settings: Settings) -> None:
     click.echo("topics and index templates are in place")
 
 
-commands = [up, down, setup]
+
+
+@click.command()
+@click.argument("name", required=False)
+def schema(name: str | None) -> None:
+    """Print the JSON Schema of a record that crosses Kafka (without NAME: list them)."""
+    import json
+
+    from schemas.jsonschema import RECORDS
+    from schemas.jsonschema import schema as record_schema
+
+    if name is None:
+        for record, (_, where, what) in RECORDS.items():
+            click.echo(f"{record:<16} {where:<16} {what}")
+        return
+    if name not in RECORDS:
+        raise click.ClickException(f"no record named {name!r}; one of: {', '.join(RECORDS)}")
+    click.echo(json.dumps(record_schema(name), indent=2))
+
+
+commands = [up, down, setup, schema]
