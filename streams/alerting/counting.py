@@ -73,8 +73,12 @@ def most_specific(tags: Iterable[str], parents: Mapping[str, str | None]) -> lis
 
 
 def count_records(docs: Iterable[dict[str, Any]], window_seconds: float,
-                  parents: Mapping[str, str | None] | None = None) -> list[CountRecord]:
-    """One delta record per (topic, window) for the new documents of a batch."""
+                  parents: Mapping[str, str | None] | None = None, since: float | None = None) -> list[CountRecord]:
+    """One delta record per (topic, window) for the new documents of a batch.
+
+    Mentions created before ``since`` (epoch seconds) are left out: their windows are older
+    than the counting tables keep (a backfill of last year's posts is indexed, not counted).
+    """
     acc: dict[tuple[str, float], dict[str, Any]] = {}
     for doc in docs:
         tags = most_specific(doc.get("tags") or (), parents or {})
@@ -82,6 +86,8 @@ def count_records(docs: Iterable[dict[str, Any]], window_seconds: float,
             continue
         created = doc["created_at"]
         ts = (datetime.fromisoformat(created) if isinstance(created, str) else created).timestamp()
+        if since is not None and ts < since:
+            continue
         window = window_start(ts, window_seconds)
         source = str(doc.get("source", ""))
         who = author_key(doc.get("author"), source)

@@ -152,7 +152,8 @@ class AlertingStream:
     async def on_indexed(self, docs: list[dict[str, Any]], event: Any = None) -> None:
         """Count the batch's new mentions; wait for the broker's acks before the batch is acked."""
         futures = []
-        for record in count_records(docs, self.window, self.topics()):
+        since = time.time() - self._max_age
+        for record in count_records(docs, self.window, self.topics(), since=since):
             futures.append(await self.counts_topic.send(
                 key=record.topic, value=record, partition=partition_for(record.topic, self.partitions)))
         await asyncio.gather(*futures)

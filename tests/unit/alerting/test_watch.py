@@ -50,6 +50,9 @@ def test_count_records_aggregate_a_batch_per_topic_and_window() -> None:
     assert len(first.authors) == 2  # alice twice, bob once
     assert author_key("alice", "mastodon") in first.authors
     assert records[("outage", T0 + 60)].count == 1
+    # Mentions older than the counting tables keep are indexed, not counted.
+    recent = count_records(docs, 60, PARENTS, since=T0 + 60)
+    assert [(r.topic, r.window, r.count) for r in recent] == [("outage", T0 + 60, 1)]
 
 
 def test_partitions_follow_the_producers_default_partitioner() -> None:
