@@ -184,8 +184,12 @@ def stop(settings: Settings) -> list[str]:
 
 @contextlib.contextmanager
 def running(settings: Settings) -> Iterator[None]:
-    """Start what is missing, prepare topics and templates, and stop what was started."""
-    procs = start(settings, detach=False)
+    """Start what is missing, prepare topics and templates, and stop what was started.
+
+    The servers run in their own session: a Ctrl-C in the terminal reaches earful, which
+    stops its workers first and the servers last, so no worker loses its broker mid-commit.
+    """
+    procs = start(settings, detach=True)
     try:
         prepare(settings)
         yield

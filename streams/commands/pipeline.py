@@ -54,7 +54,8 @@ def worker(settings: Settings, loglevel: str) -> None:
 
 
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "streams", *args], env=env)
+    # Own session: Ctrl-C reaches `earful run` only, which stops its children in order.
+    return subprocess.Popen([sys.executable, "-m", "streams", *args], env=env, start_new_session=True)
 
 
 @click.command()
