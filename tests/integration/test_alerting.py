@@ -166,28 +166,23 @@ class Chatter:
         self.producer.close()
 
 
-def _alert_docs(stack: Stack) -> list[dict[str, Any]]:
+def _docs(stack: Stack, index: str) -> list[dict[str, Any]]:
     es = stack.es()
     try:
-        index = stack.settings.index_alerts
         if not es.indices.exists(index=index):
             return []
         es.indices.refresh(index=index)
         return [h["_source"] for h in es.search(index=index, size=100)["hits"]["hits"]]
     finally:
         es.close()
+
+
+def _alert_docs(stack: Stack) -> list[dict[str, Any]]:
+    return _docs(stack, stack.settings.index_alerts)
 
 
 def _deliveries(stack: Stack) -> list[dict[str, Any]]:
-    es = stack.es()
-    try:
-        index = stack.settings.index_deliveries
-        if not es.indices.exists(index=index):
-            return []
-        es.indices.refresh(index=index)
-        return [h["_source"] for h in es.search(index=index, size=100)["hits"]["hits"]]
-    finally:
-        es.close()
+    return _docs(stack, stack.settings.index_deliveries)
 
 
 def _alive(stack: Stack, check: Any) -> Any:

@@ -4,8 +4,6 @@ own indices (the shipped strict templates apply), read back through the CLI."""
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -19,17 +17,6 @@ from streams.cli import cli
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture(autouse=True)
-def _keep_log_levels() -> Iterator[None]:
-    """The command sets up logging for a terminal; put it back for the tests that run after."""
-    names = ["", "kafka", "aiokafka", "elastic_transport", "httpx", "faust", "mode"]
-    levels = {name: logging.getLogger(name).level for name in names}
-    handlers = list(logging.getLogger().handlers)
-    yield
-    for name, level in levels.items():
-        logging.getLogger(name).setLevel(level)
-    logging.getLogger().handlers[:] = handlers
 
 SUBS = {s.name: s for s in parse_subscriptions([
     {"name": "ops-hook", "channel": {"type": "webhook", "url": "https://hooks.example/t/XXXXsecretXXXX"}},

@@ -7,7 +7,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -22,18 +21,6 @@ from streams.alerting.notifiers.webhook import SIGNATURE_HEADER
 from streams.cli import cli
 
 TOKEN = "XXXXsecretXXXX"
-
-
-@pytest.fixture(autouse=True)
-def _keep_log_levels() -> Iterator[None]:
-    """The command sets up logging for a terminal; put it back for the tests that run after."""
-    names = ["", "kafka", "aiokafka", "elastic_transport", "httpx", "faust", "mode"]
-    levels = {name: logging.getLogger(name).level for name in names}
-    handlers = list(logging.getLogger().handlers)
-    yield
-    for name, level in levels.items():
-        logging.getLogger(name).setLevel(level)
-    logging.getLogger().handlers[:] = handlers
 
 
 class Receiver:
