@@ -1,9 +1,17 @@
 """The learned tier: a linear text classifier trained from labelled posts.
 
 TF-IDF over word 1-2-grams and character 2-5-grams (within words, so spelling variants
-and hashtag fragments still share features), one logistic regression per topic
-(one-vs-rest). Linear models are small, fast to apply to one post, and their weights
-can be read when a tag needs explaining.
+and hashtag fragments still share features), then logistic regression. Linear models
+are small, fast to apply to one post, and their weights can be read when a tag needs
+explaining.
+
+Two shapes, chosen from the labels (``params["exclusive"]``, default ``"auto"``):
+
+- labels that exclude each other (no post carries more than one, as when annotators
+  pick *the* reason for a complaint): one multinomial regression over every label plus
+  "no label", so the topics compete for a post and labels outside the taxonomy
+  ("Can't Tell") still teach the model what is not a topic;
+- otherwise one binary regression per topic (one-vs-rest).
 
 Each topic gets its own threshold, chosen on cross-validated predictions over the
 training rows only, for the decision the tagger actually makes ("a rule matched, or the
@@ -61,7 +69,8 @@ class TopicModel:
         """Probability per topic for each text (texts in model form, see Normalized.for_model)."""
         if not texts:
             return []
-        probs = np.asarray(self.pipeline.predict_proba(list(texts)))
+        probs = _topic_columns(getattr(self.pipeline, "classes_", None),
+                               np.asarray(self.pipeline.predict_proba(list(texts))), self.meta.topics)
         topics = self.meta.topics
         return [{t: float(p) for t, p in zip(topics, row, strict=True)} for row in probs]
 
@@ -99,10 +108,20 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "C": 8.0,
     "class_weight": "balanced",
     "cv_folds": 5,
+    "exclusive": "auto",
 }
+NO_LABEL = ""  # the class of a post without a label, in the exclusive shape
 
 
-def _pipeline(params: dict[str, Any]) -> Any:
+def _topic_columns(classes: Any, probs: np.ndarray, topics: Sequence[str]) -> np.ndarray:
+    """Probabilities in topic order; an exclusive model's classes also hold non-topics."""
+    if classes is None or np.asarray(classes).dtype.kind not in "UO":
+        return probs  # one-vs-rest: columns are the topics already
+    index = {str(c): i for i, c in enumerate(classes)}
+    return np.stack([probs[:, index[t]] for t in topics], axis=1)
+
+
+def _pipeline(params: dict[str, Any], exclusive: bool = False) -> Any:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
@@ -116,9 +135,13 @@ def _pipeline(params: dict[str, Any]) -> Any:
                                      max_features=params["char_max_features"], dtype=np.float32)),
         ]
     )
-    clf = OneVsRestClassifier(
-        LogisticRegression(C=params["C"], class_weight=params["class_weight"], max_iter=2000, solver="liblinear")
-    )
+    clf: Any
+    if exclusive:
+        clf = LogisticRegression(C=params["C"], class_weight=params["class_weight"], max_iter=3000)
+    else:
+        clf = OneVsRestClassifier(
+            LogisticRegression(C=params["C"], class_weight=params["class_weight"], max_iter=2000, solver="liblinear")
+        )
     return Pipeline([("features", features), ("clf", clf)])
 
 
@@ -148,23 +171,39 @@ def train(
     progress: Callable[[str], None] | None = None,
 ) -> TopicModel:
     """Fit on (model-form) texts; ``rule_hits`` are the topics the rules tag per text."""
-    from sklearn.model_selection import KFold, cross_val_predict
+    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
 
     p = {**DEFAULT_PARAMS, **(params or {})}
     topics = tuple(sorted(t for t in set(topics) if any(t in ls for ls in labels)))
     if not topics:
         raise ModelError("no labelled examples for any topic")
+    exclusive = p["exclusive"]
+    if exclusive == "auto":
+        exclusive = all(len(ls) <= 1 for ls in labels)
+    elif exclusive and any(len(ls) > 1 for ls in labels):
+        raise ModelError("exclusive model asked for, but some posts carry several labels")
+    p["exclusive"] = bool(exclusive)
     y = np.array([[t in ls for t in topics] for ls in labels], dtype=bool)
     ruled = np.array(
         [[t in hits for t in topics] for hits in (rule_hits or [frozenset()] * len(texts))], dtype=bool
     )
     say = progress or (lambda _msg: None)
-    say(f"cross-validating {len(texts)} examples, {len(topics)} topics")
-    folds = KFold(n_splits=p["cv_folds"], shuffle=True, random_state=0)
-    cv_prob = cross_val_predict(_pipeline(p), list(texts), y.astype(int), cv=folds, method="predict_proba")
+    target: np.ndarray
+    if p["exclusive"]:
+        target = np.array([next(iter(ls)) if ls else NO_LABEL for ls in labels])
+        folds: Any = StratifiedKFold(n_splits=p["cv_folds"], shuffle=True, random_state=0)
+    else:
+        target = y.astype(int)
+        folds = KFold(n_splits=p["cv_folds"], shuffle=True, random_state=0)
+    shape = "one multinomial model" if p["exclusive"] else "one model per topic"
+    say(f"cross-validating {len(texts)} examples, {len(topics)} topics, {shape}")
+    pipe = _pipeline(p, p["exclusive"])
+    cv_prob = cross_val_predict(pipe, list(texts), target, cv=folds, method="predict_proba")
+    if p["exclusive"]:  # cross_val_predict orders the columns as the sorted classes
+        cv_prob = _topic_columns(np.unique(target), cv_prob, topics)
     thresholds = {t: _best_threshold(y[:, i], cv_prob[:, i], ruled[:, i]) for i, t in enumerate(topics)}
     say("fitting on all training examples")
-    pipeline = _pipeline(p).fit(list(texts), y.astype(int))
+    pipeline = _pipeline(p, p["exclusive"]).fit(list(texts), target)
     digest = hashlib.sha256()
     digest.update(json.dumps([taxonomy_hash, p, topics], sort_keys=True).encode())
     for text, ls in zip(texts, labels, strict=True):
