@@ -43,8 +43,15 @@ class Throughput:
     #: records in the last batch and when it was done (a full batch means a backlog)
     last_records: int = 0
     last_at: float = 0.0
+    #: where the time goes: validating and tagging, waiting on the search server, counting
+    seconds: dict[str, float] = field(default_factory=lambda: {"tag": 0.0, "index": 0.0, "count": 0.0})
     _last_log: float = field(default_factory=time.monotonic)
     _last_mentions: int = 0
+
+    def lap(self, stage: str, since: float) -> float:
+        now = time.perf_counter()
+        self.seconds[stage] += now - since
+        return now
 
     def add(self, batch: pipeline.Batch, created: int) -> None:
         """``batch.rejected`` includes the documents the search server refused."""
@@ -56,8 +63,10 @@ class Throughput:
         self.last_records, self.last_at = batch.records, now
         if now - self._last_log >= self.every:
             rate = (self.mentions - self._last_mentions) / (now - self._last_log)
-            log.info("indexed %d mentions (%d new, %d rejected) from %d records; %.0f mentions/s",
-                     self.mentions, self.created, self.rejected, self.records, rate)
+            log.info("indexed %d mentions (%d new, %d rejected) from %d records; %.0f mentions/s "
+                     "(seconds tagging %.1f, waiting on the index %.1f, counting %.1f)",
+                     self.mentions, self.created, self.rejected, self.records, rate,
+                     self.seconds["tag"], self.seconds["index"], self.seconds["count"])
             self._last_log, self._last_mentions = now, self.mentions
 
 
@@ -92,20 +101,25 @@ def register(app: faust.App, settings: Settings, tagger: pipeline.TaggerLike, si
                        for e in events]
             # CPU work runs in a thread so the event loop keeps the bulk request of the previous
             # slice (and the consumer's fetches and heartbeats) moving while the next is tagged.
+            clock = time.perf_counter()
             batch, mentions = await asyncio.to_thread(pipeline.prepare, records)
             created: list[dict[str, Any]] = []
             in_flight: asyncio.Future[list[dict[str, Any]]] | None = None
             for start in range(0, len(mentions), settings.batch_size):
                 docs = await asyncio.to_thread(pipeline.tag, mentions[start:start + settings.batch_size], tagger)
+                clock = stats.lap("tag", clock)
                 if in_flight is not None:
                     created += await in_flight
+                    clock = stats.lap("index", clock)
                 in_flight = asyncio.ensure_future(write(docs, batch))
             if in_flight is not None:
                 created += await in_flight
             if batch.rejected:
                 await send_rejected(batch.rejected)
+            clock = stats.lap("index", clock)
             if on_indexed is not None and created:
                 await on_indexed(created, events[-1])
+                stats.lap("count", clock)
             stats.add(batch, len(created))
 
     @app.timer(5.0)
