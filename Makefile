@@ -11,7 +11,7 @@ TEST_ENV := EARFUL_KAFKA_BOOTSTRAP=127.0.0.1:19092 EARFUL_ES_URL=http://127.0.0.
 BENCH_ENV := EARFUL_KAFKA_BOOTSTRAP=127.0.0.1:29092 EARFUL_ES_URL=http://127.0.0.1:29200 EARFUL_DATA_DIR=$(CURDIR)/.earful/bench
 
 .DEFAULT_GOAL := help
-.PHONY: help install run up down test test-unit bench lint clean
+.PHONY: help install run up down test test-unit bench models lint clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -51,6 +51,13 @@ bench: $(STAMP) ## Print throughput figures and ratios measured in one run on th
 	$(EARFUL) up >/dev/null || exit 1; \
 	trap '$(EARFUL) down >/dev/null' EXIT; \
 	$(PY) -m bench
+
+DATA := ../shared/data
+models: $(STAMP) ## Train the learned tagging tier for the airline and crisis taxonomies (deploy/models/)
+	$(EARFUL) train $(DATA)/airline-sentiment/tweets.csv --text-col text --label-col negativereason \
+	  --id-col tweet_id --taxonomy deploy/taxonomies/airline.yaml -o deploy/models/airline.joblib
+	$(EARFUL) train $(DATA)/crisislext26/tweets.csv --text-col text --label-col info_type \
+	  --id-col tweet_id --taxonomy deploy/taxonomies/crisis.yaml -o deploy/models/crisis.joblib
 
 lint: $(STAMP) ## Lint with ruff
 	$(PY) -m ruff check streams connectors schemas tests bench
