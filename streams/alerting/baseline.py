@@ -190,3 +190,62 @@ class RecentWindow:
         a = decay(minutes, self.half_life_minutes)
         self.excess_var += a * ((total - expected) ** 2 - total - self.excess_var)
         self.mean_sq += a * (expected * expected - self.mean_sq)
+
+
+# Surprise levels (-log10 tail probability) at which SurpriseHistory counts exceedances:
+# 0.5 to 50,000 in steps of 10^(1/8), fine enough to interpolate between.
+SURPRISE_LEVELS: tuple[float, ...] = tuple(0.5 * 10 ** (j / 8) for j in range(41))
+
+
+class SurpriseHistory:
+    """How often this series' rows have been at least this surprising, recently.
+
+    The negative-binomial tail is only as honest as its model: a topic whose chatter
+    comes in news-driven bursts produces "one in a billion" rows every day, while a
+    quiet topic's rows are about as rare as the model says. Keeping a decayed count of
+    past rows above each of a fixed ladder of surprise levels gives each series its
+    own empirical tail, so one threshold means "this rare for this topic" on a busy
+    topic and a quiet one alike.
+
+    The estimate starts from ``prior_rows`` rows that behave as the model says, so a
+    short history neither invents surprises nor hides them; it only ever makes a row
+    less surprising than the model, never more (a quiet topic stays quiet).
+    """
+
+    def __init__(self, half_life_minutes: float, prior_rows: float, state: dict[str, Any] | None = None):
+        self.half_life_minutes = half_life_minutes
+        self.prior_rows = prior_rows
+        state = state or {}
+        self.rows: float = float(state.get("rows", 0.0))
+        self.above: list[float] = list(state.get("above") or [0.0] * len(SURPRISE_LEVELS))
+
+    def state(self) -> dict[str, Any]:
+        return {"rows": self.rows, "above": list(self.above)}
+
+    def exceedances(self, surprise: float) -> float:
+        """Decayed number of past rows at least ``surprise`` (interpolated between levels)."""
+        levels = SURPRISE_LEVELS
+        if surprise <= levels[0]:
+            return self.above[0]
+        if surprise >= levels[-1]:
+            return 0.0
+        j = min(int(8 * math.log10(surprise / levels[0])), len(levels) - 2)
+        w = math.log10(surprise / levels[j]) * 8
+        return (1.0 - w) * self.above[j] + w * self.above[j + 1]
+
+    def calibrated(self, surprise: float) -> float:
+        """-log10 of the larger of the model's tail probability and this series' own."""
+        if surprise <= 0 or self.half_life_minutes <= 0:
+            return surprise
+        seen = self.exceedances(surprise)
+        if seen <= 0:
+            return surprise  # never this surprising here: the model's word stands
+        model = 10.0 ** -min(surprise, 300.0)
+        empirical = (seen + self.prior_rows * model) / (self.rows + self.prior_rows)
+        return min(surprise, -math.log10(empirical))
+
+    def learn(self, surprise: float, minutes: float) -> None:
+        keep = 1.0 - decay(minutes, self.half_life_minutes)
+        self.rows = self.rows * keep + 1.0
+        for j, level in enumerate(SURPRISE_LEVELS):
+            self.above[j] = self.above[j] * keep + (1.0 if surprise >= level else 0.0)

@@ -8,7 +8,11 @@
 Each row is scored against a seasonal baseline (``baseline.py``) with a
 negative-binomial upper tail: a Poisson tail is far too confident once chatter
 is bursty, while the learned dispersion keeps a busy topic's normal wobble
-quiet. A count floor keeps "2 mentions instead of 0" from paging anyone, and
+quiet. That tail is then weighed against the topic's own record (``SurpriseHistory``):
+on a topic whose chatter comes in news-driven bursts a "one in a million" row is a
+daily event, so it counts only as rare as such rows have recently been there. One
+threshold then fits a topic with hundreds of mentions per window and one with two.
+A count floor keeps "2 mentions instead of 0" from paging anyone, and
 calendar overrides raise the expectation over known busy periods (lodgement
 deadlines, campaigns) so they are expected rather than alerted on.
 """
@@ -22,7 +26,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from streams.alerting.baseline import BaselineRates, RecentWindow, SeasonalBaseline
+from streams.alerting.baseline import BaselineRates, RecentWindow, SeasonalBaseline, SurpriseHistory
 
 SEVERITIES = ("info", "minor", "major", "critical")
 STATE_VERSION = 1
@@ -61,8 +65,9 @@ class DetectorConfig:
 
     Built from the per-topic YAML mapping with ``from_dict`` (unknown keys are an
     error). Rates are half-lives in time, so the same settings hold for per-minute
-    counts and for 5-minute backtests. The level half-life, clip and window defaults
-    were chosen with ``earful eval-detector`` on NAB tuning series only.
+    counts and for 5-minute backtests. The level half-life, clip, window and
+    calibration defaults were chosen with ``earful eval-detector`` on NAB tuning
+    series only.
     """
 
     # Local time of the agency's citizens: "lunchtime" and "Monday" are theirs.
@@ -87,6 +92,11 @@ class DetectorConfig:
     # Also test the sum over this many minutes, for rises that build over several rows
     # (0: single rows only).
     window_minutes: float = 30.0
+    # Judge each row's surprise against how often this topic's own rows were that
+    # surprising, over this half-life (0: trust the model's tail alone).
+    calibration_half_life_minutes: float = 7 * 24 * 60
+    # The series' own tail starts from this many rows that behave as the model says.
+    calibration_prior_rows: float = 100.0
     # No alerts until the baseline has seen this much history.
     warmup_minutes: float = 24 * 60
     # An alert episode reopens only after this many quiet rows (``earful detect`` and
@@ -165,6 +175,10 @@ class Detector:
         self.baseline = SeasonalBaseline(rates, self.zone, baseline_state)
         window_state = dict(_state["window"]) if _state and "window" in _state else None
         self.window = RecentWindow(cfg.window_minutes, cfg.dispersion_half_life_minutes, window_state)
+        history_state = dict(_state["surprises"]) if _state and "surprises" in _state else None
+        self.surprises = SurpriseHistory(
+            cfg.calibration_half_life_minutes, cfg.calibration_prior_rows, history_state
+        )
 
     @classmethod
     def from_state(cls, cfg: DetectorConfig, state: Mapping[str, Any]) -> Detector:
@@ -177,6 +191,7 @@ class Detector:
             "version": STATE_VERSION,
             "baseline": self.baseline.state(),
             "window": self.window.state(),
+            "surprises": self.surprises.state(),
         }
 
     def multiplier(self, ts: datetime) -> float:
@@ -210,6 +225,8 @@ class Detector:
             if s > surprise:
                 surprise, ratio = s, total / total_expected
 
+        # How surprising for this series: the model's surprise, tempered by its own record.
+        model_surprise, surprise = surprise, self.surprises.calibrated(surprise)
         score = surprise / (surprise + cfg.score_scale) if surprise > 0 else 0.0
         anomalous = score >= cfg.threshold
         severity = self._severity(ratio, surprise) if anomalous else None
@@ -220,6 +237,8 @@ class Detector:
         if self.baseline.level is not None:
             plain = min(plain, ceiling)
         self.baseline.update(ts, plain)
+        if warmed_up and minutes > 0:
+            self.surprises.learn(model_surprise, minutes)
         if rows > 1 and minutes > 0:
             spread = math.sqrt(total_expected + window_dispersion * total_expected**2)
             self.window.learn(min(total, total_expected + cfg.clip_sigmas * spread), total_expected, minutes)

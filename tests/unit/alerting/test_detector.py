@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from streams.alerting.baseline import SURPRISE_LEVELS, SurpriseHistory
 from streams.alerting.detector import (
     CalendarOverride,
     Detector,
@@ -148,6 +149,61 @@ def test_severity_grows_with_the_spike(two_weeks):
         probe = Detector.from_state(DetectorConfig(), state)
         severities.append(probe.observe(ts, factor * daily_rate(ts)).severity)
     assert severities == ["minor", "major", "critical"]
+
+
+def with_daily_bursts(rows: list[tuple[datetime, float]], factor: float) -> list[tuple[datetime, float]]:
+    """Every day at 11:00 and 16:00 the topic is in the news for ten minutes."""
+    return [(ts, factor * v if ts.hour in (11, 16) and ts.minute < 10 else v) for ts, v in rows]
+
+
+def test_a_burst_the_topic_has_every_day_scores_lower_than_a_first(two_weeks):
+    bursty = with_daily_bursts(two_weeks, 3.0)
+    ts = START + timedelta(days=13, hours=11)
+    past = [row for row in bursty if row[0] < ts]
+    scores = {}
+    for name, series in (("bursty", past), ("calm", [row for row in two_weeks if row[0] < ts])):
+        det = Detector(DetectorConfig())
+        run(det, series)
+        scores[name] = det.observe(ts, 3.0 * daily_rate(ts)).anomaly_score
+    uncalibrated = Detector(DetectorConfig(calibration_half_life_minutes=0))
+    run(uncalibrated, past)
+    # The model alone alerts on the daily burst on either topic; the bursty topic's own
+    # record says it is routine there.
+    assert scores["calm"] > 0.5 and uncalibrated.observe(ts, 3.0 * daily_rate(ts)).anomaly_score > 0.5
+    assert scores["bursty"] < 0.5 < scores["calm"]
+    # A spike larger than any it has had still alerts on the bursty topic.
+    det = Detector(DetectorConfig())
+    run(det, past)
+    assert det.observe(ts, 10.0 * daily_rate(ts)).is_anomalous
+
+
+def test_calibration_never_makes_a_row_more_surprising(two_weeks):
+    rows = with_daily_bursts(two_weeks[: 4 * 24 * 60], 2.5)
+    plain = run(Detector(DetectorConfig(calibration_half_life_minutes=0)), rows)
+    calibrated = run(Detector(DetectorConfig()), rows)
+    assert all(c.anomaly_score <= p.anomaly_score + 1e-12 for c, p in zip(calibrated, plain, strict=True))
+    assert any(c.anomaly_score < p.anomaly_score for c, p in zip(calibrated, plain, strict=True))
+
+
+def test_surprise_history_counts_rows_at_or_above_each_level():
+    history = SurpriseHistory(half_life_minutes=60.0, prior_rows=0.0)
+    for s in (0.0, 1.0, 3.0, 3.0, 10.0):
+        history.learn(s, minutes=0.0)  # no time passes: nothing decays
+    assert history.rows == 5
+    assert history.exceedances(SURPRISE_LEVELS[0]) == 4
+    # Exact on the ladder's levels, in between off them.
+    below_three = max(level for level in SURPRISE_LEVELS if level <= 3.0)
+    above_three = min(level for level in SURPRISE_LEVELS if level > 3.0)
+    assert history.exceedances(below_three) == pytest.approx(3) and history.exceedances(above_three) == pytest.approx(1)
+    assert 1 < history.exceedances(3.0) < 3
+    assert history.exceedances(100.0) == 0
+    # 3 rows in 5 were at least this surprising, however unlikely the model says it is.
+    assert history.calibrated(2.0) == pytest.approx(-math.log10(3 / 5))
+    assert history.calibrated(20.0) == 20.0  # never seen: the model's word stands
+    history.learn(0.0, minutes=60.0)  # an hour later, past rows count half
+    assert history.rows == pytest.approx(3.5)
+    restored = SurpriseHistory(60.0, 0.0, json.loads(json.dumps(history.state())))
+    assert restored.exceedances(2.0) == history.exceedances(2.0)
 
 
 def test_config_from_dict_with_overrides_and_topics():
