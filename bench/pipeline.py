@@ -5,8 +5,10 @@
 - naive: the same job in a per-event Faust agent: per mention one ``await es.index()``,
   one ``await topic.send()`` and a table write (bench/naive.py).
 
-Rates are mentions (events) per second, measured from the first to the last
-mention handled, so consumer-group start-up is not counted against anyone.
+Rates are mentions (events) per second, measured from the first mention handled to the
+last, so consumer-group start-up is not counted against anyone. The worker and the naive
+agent are watched through their committed offsets, not by counting the index while it is
+being written (a count costs the search server as much as a bulk request).
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from pathlib import Path
 
 import orjson
 from elasticsearch import Elasticsearch
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from bench.data import real_mentions
 from connectors.runner import encode_pages
 from schemas import Mention
 from streams import devstack
 from streams.settings import Settings, es_client_kwargs
+from streams.status import committed_offsets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,21 +93,56 @@ def ceiling(settings: Settings, mentions: list[Mention]) -> float:
     return done / elapsed
 
 
-def _rate_while(progress: Callable[[], int], total: int, timeout: float, proc: subprocess.Popen[bytes]) -> float:
-    """Mentions/s from the first progress seen until ``total`` is reached."""
-    first: tuple[float, int] | None = None
+class _Progress:
+    """How far a consumer group is through a topic, read from its committed offsets.
+
+    The worker commits a record's offset only once its mentions are indexed (or rejected),
+    so "every offset committed" means "everything indexed". Watching offsets asks nothing
+    of the search server: polling it with counts while it indexes would slow it down, and
+    the ceiling loop is not slowed that way either.
+    """
+
+    def __init__(self, settings: Settings, group: str, topic: str) -> None:
+        self.group = group
+        self.admin = KafkaAdminClient(bootstrap_servers=settings.kafka_servers)
+        consumer = KafkaConsumer(bootstrap_servers=settings.kafka_servers)
+        try:
+            self.tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+            self.ends = consumer.end_offsets(self.tps)
+        finally:
+            consumer.close()
+
+    def done(self) -> bool:
+        try:
+            committed = committed_offsets(self.admin, self.group)
+        except Exception:  # noqa: BLE001 - the group may not exist yet
+            return False
+        return all(tp in committed and committed[tp].offset >= self.ends[tp] for tp in self.tps)
+
+    def close(self) -> None:
+        self.admin.close()
+
+
+def _rate(es: Elasticsearch, index: str, progress: _Progress, total: int, timeout: float,
+          proc: subprocess.Popen[bytes]) -> float:
+    """Mentions/s from the first indexed mention until the group has committed every record."""
     deadline = time.monotonic() + timeout
+    first: tuple[float, int] | None = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the benchmarked worker exited with code {proc.returncode}")
-        count = progress()
-        now = time.perf_counter()
-        if count > 0 and first is None:
-            first = (now, count)
-        if count >= total and first is not None:
-            return (count - first[1]) / max(now - first[0], 1e-9)
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out: {progress()} of {total} mentions after {timeout:.0f}s")
+        if first is None:
+            count = _indexed(es, index)()
+            if count:
+                first = (time.perf_counter(), count)
+        elif progress.done():
+            elapsed = time.perf_counter() - first[0]
+            indexed = _indexed(es, index)()
+            if indexed < total:
+                raise RuntimeError(f"every record committed but only {indexed} of {total} mentions indexed")
+            return (indexed - first[1]) / max(elapsed, 1e-9)
+        time.sleep(0.1)
+    raise RuntimeError(f"timed out after {timeout:.0f}s")
 
 
 def _start(module: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -136,10 +174,12 @@ def worker(settings: Settings, mentions: list[Mention], log_dir: Path) -> float:
     proc = _start(["streams", "worker", "--loglevel", "warning"], _env(settings, tag, topics, index),
                   log_dir / "bench-worker.log")
 
+    progress = _Progress(settings, f"bench-{tag}", topics["raw"])
     try:
-        return _rate_while(_indexed(es, index), len(mentions), 600, proc)
+        return _rate(es, index, progress, len(mentions), 600, proc)
     finally:
         _stop(proc)
+        progress.close()
         es.indices.delete(index=index, ignore_unavailable=True)
         es.close()
 
@@ -159,10 +199,12 @@ def naive(settings: Settings, mentions: list[Mention], log_dir: Path) -> float:
     _produce_single(settings, topics["raw"], mentions)
     es = Elasticsearch(**es_client_kwargs(settings))
     proc = _start(["bench.naive"], _env(settings, tag, topics, index), log_dir / "bench-naive.log")
+    progress = _Progress(settings, f"bench-{tag}", topics["raw"])
     try:
-        return _rate_while(_indexed(es, index), len(mentions), 600, proc)
+        return _rate(es, index, progress, len(mentions), 600, proc)
     finally:
         _stop(proc)
+        progress.close()
         es.indices.delete(index=index, ignore_unavailable=True)
         es.close()
 

@@ -41,9 +41,7 @@ def consumer_lag(settings: Settings) -> dict[str, Any]:
         partitions = consumer.partitions_for_topic(settings.topic_raw) or set()
         tps = [TopicPartition(settings.topic_raw, p) for p in sorted(partitions)]
         ends = consumer.end_offsets(tps)
-        # kafka-python renamed the call in its 3.x line.
-        list_offsets = getattr(admin, "list_consumer_group_offsets", None) or admin.list_group_offsets
-        committed = list_offsets(settings.app_id)
+        committed = committed_offsets(admin, settings.app_id)
         per_partition = {}
         for tp in tps:
             done = committed.get(tp)
@@ -54,6 +52,16 @@ def consumer_lag(settings: Settings) -> dict[str, Any]:
     finally:
         consumer.close()
         admin.close()
+
+
+def committed_offsets(admin: Any, group: str) -> dict[Any, Any]:
+    """The group's committed offsets by partition, across kafka-python's 2.x and 3.x calls
+    (3.x renamed the call and keys its answer by group id)."""
+    list_offsets = getattr(admin, "list_consumer_group_offsets", None) or admin.list_group_offsets
+    committed = list_offsets(group)
+    if group in committed and isinstance(committed[group], dict):
+        committed = committed[group]
+    return dict(committed)
 
 
 def connector_heartbeats(settings: Settings, timeout: float = 5.0) -> dict[str, Any]:
