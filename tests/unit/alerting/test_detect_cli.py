@@ -3,10 +3,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import math
 import random
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,18 +16,6 @@ START = datetime(2025, 3, 3, tzinfo=UTC)  # a Monday
 STEP = timedelta(minutes=5)
 DAYS = 3
 SPIKE = DAYS * 288 - 100  # a row on the third day, after the day of warm-up
-
-
-@pytest.fixture(autouse=True)
-def _keep_log_levels() -> Iterator[None]:
-    """The command sets up logging for a terminal; put it back for the tests that run after."""
-    names = ["", "kafka", "aiokafka", "elastic_transport", "httpx", "faust", "mode"]
-    levels = {name: logging.getLogger(name).level for name in names}
-    handlers = list(logging.getLogger().handlers)
-    yield
-    for name, level in levels.items():
-        logging.getLogger(name).setLevel(level)
-    logging.getLogger().handlers[:] = handlers
 
 
 def counts(spike: float | None = None, seed: int = 5) -> list[tuple[datetime, int]]:
