@@ -156,7 +156,9 @@ def stack(endpoints: dict[str, str], tmp_path: Path, request: pytest.FixtureRequ
         print(st.worker_logs())
     es = st.es()
     try:
-        es.indices.delete(index=f"earful-*-{tag}", ignore_unavailable=True, allow_no_indices=True)
+        # By name: Elasticsearch refuses wildcard deletes by default (destructive_requires_name).
+        names = [st.settings.index_mentions, st.settings.index_alerts, st.settings.index_deliveries]
+        es.indices.delete(index=",".join(names), ignore_unavailable=True, allow_no_indices=True)
     except Exception:  # noqa: BLE001 - clean-up only
         pass
     finally:

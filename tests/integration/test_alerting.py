@@ -32,7 +32,7 @@ from schemas import Mention
 from tests.integration.conftest import ROOT, Stack, consume_all, wait_for
 
 WINDOW = 3.0
-WORKER_ENV = {"EARFUL_ALERT_WINDOW_SECONDS": str(WINDOW), "EARFUL_ALERT_GRACE_SECONDS": "1",
+WORKER_ENV = {"EARFUL_ALERT_WINDOW_SECONDS": str(WINDOW), "EARFUL_ALERT_GRACE_SECONDS": "5",
               "EARFUL_ALERT_TICK_SECONDS": "0.5"}
 SECRET = "hook-secret"
 SAMPLE = ROOT / "connectors" / "samples" / "crisislext26-sample.csv"
