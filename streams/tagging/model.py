@@ -8,9 +8,13 @@ explaining.
 Two shapes, chosen from the labels (``params["exclusive"]``, default ``"auto"``):
 
 - labels that exclude each other (no post carries more than one, as when annotators
-  pick *the* reason for a complaint): one multinomial regression over every label plus
-  "no label", so the topics compete for a post and labels outside the taxonomy
-  ("Can't Tell") still teach the model what is not a topic;
+  pick *the* reason for a complaint): by default two stages (``params["gated"]``): a
+  binary gate, "does the post carry any label at all" (every post teaches it), times one
+  multinomial regression over the labels, fitted on labelled posts only, so the reasons
+  compete for a post without also having to tell a complaint from chatter. Labels outside
+  the taxonomy ("Can't Tell") count for the gate and compete as reasons, so they still
+  teach the model what is not a topic. With ``gated`` off, one multinomial regression over
+  every label plus "no label";
 - otherwise one binary regression per topic (one-vs-rest).
 
 Each topic gets its own threshold, chosen on cross-validated predictions over the
@@ -35,7 +39,8 @@ from typing import Any
 
 import numpy as np
 
-FORMAT = 1
+FORMAT = 2
+READABLE_FORMATS = (1, 2)  # 1: no gated classifier; its files still load
 
 
 class ModelError(ValueError):
@@ -95,7 +100,7 @@ def load(path: Path) -> TopicModel:
         raise ModelError(f"no model file {path}") from exc
     except Exception as exc:  # a truncated or foreign pickle fails in many ways
         raise ModelError(f"cannot read model {path}: {exc}") from exc
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+    if not isinstance(blob, dict) or blob.get("format") not in READABLE_FORMATS:
         raise ModelError(f"{path}: not an earful model (format {FORMAT})")
     meta = dict(blob["meta"])
     meta["topics"] = tuple(meta["topics"])
@@ -109,6 +114,8 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "class_weight": "balanced",
     "cv_folds": 5,
     "exclusive": "auto",
+    "gated": True,  # exclusive labels: "any label?" gate x reasons among labelled posts
+    "gate_C": 4.0,
 }
 NO_LABEL = ""  # the class of a post without a label, in the exclusive shape
 
@@ -118,7 +125,61 @@ def _topic_columns(classes: Any, probs: np.ndarray, topics: Sequence[str]) -> np
     if classes is None or np.asarray(classes).dtype.kind not in "UO":
         return probs  # one-vs-rest: columns are the topics already
     index = {str(c): i for i, c in enumerate(classes)}
-    return np.stack([probs[:, index[t]] for t in topics], axis=1)
+    # A topic missing from the classes (too rare to reach every cross-validation fold) scores 0.
+    return np.stack([probs[:, index[t]] if t in index else np.zeros(len(probs)) for t in topics], axis=1)
+
+
+class GatedClassifier:
+    """P(label) = P(post has a label) x P(label | post has one), for exclusive labels.
+
+    ``classes_`` are the labels plus :data:`NO_LABEL`, like the single multinomial model's,
+    so the two are used the same way. Follows the scikit-learn estimator protocol (params in
+    ``__init__``, ``fit``, ``predict_proba``) so cross-validation can clone it.
+    """
+
+    def __init__(self, C: float = 8.0, gate_C: float = 4.0, class_weight: Any = "balanced") -> None:
+        self.C = C
+        self.gate_C = gate_C
+        self.class_weight = class_weight
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {"C": self.C, "gate_C": self.gate_C, "class_weight": self.class_weight}
+
+    def set_params(self, **params: Any) -> GatedClassifier:
+        for key, value in params.items():
+            setattr(self, key, value)
+        return self
+
+    def __sklearn_tags__(self) -> Any:  # scikit-learn is imported only when a model is used
+        from sklearn.utils import ClassifierTags, Tags, TargetTags
+
+        return Tags(estimator_type="classifier", target_tags=TargetTags(required=True),
+                    classifier_tags=ClassifierTags())
+
+    def fit(self, X: Any, y: Sequence[str]) -> GatedClassifier:
+        from sklearn.linear_model import LogisticRegression
+
+        y = np.asarray(y)
+        labelled = y != NO_LABEL
+        if labelled.all() or not labelled.any():
+            raise ModelError("a gated model needs posts with and without a label")
+        self.gate_ = LogisticRegression(C=self.gate_C, max_iter=3000).fit(X, labelled)
+        reasons = np.unique(y[labelled])
+        if len(reasons) > 1:
+            self.reasons_: Any = LogisticRegression(C=self.C, class_weight=self.class_weight, max_iter=3000)
+            self.reasons_.fit(X[labelled], y[labelled])
+        else:  # a single label: the gate alone decides
+            self.reasons_ = None
+        self.classes_ = np.array([NO_LABEL, *reasons])
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        gate = self.gate_.predict_proba(X)[:, list(self.gate_.classes_).index(True)]
+        reasons = self.reasons_.predict_proba(X) if self.reasons_ is not None else np.ones((len(gate), 1))
+        return np.column_stack([1.0 - gate, reasons * gate[:, None]])
+
+    def predict(self, X: Any) -> np.ndarray:
+        return np.asarray(self.classes_[np.argmax(self.predict_proba(X), axis=1)])
 
 
 def _pipeline(params: dict[str, Any], exclusive: bool = False) -> Any:
@@ -136,7 +197,9 @@ def _pipeline(params: dict[str, Any], exclusive: bool = False) -> Any:
         ]
     )
     clf: Any
-    if exclusive:
+    if exclusive and params["gated"]:
+        clf = GatedClassifier(C=params["C"], gate_C=params["gate_C"], class_weight=params["class_weight"])
+    elif exclusive:
         clf = LogisticRegression(C=params["C"], class_weight=params["class_weight"], max_iter=3000)
     else:
         clf = OneVsRestClassifier(
@@ -171,7 +234,7 @@ def train(
     progress: Callable[[str], None] | None = None,
 ) -> TopicModel:
     """Fit on (model-form) texts; ``rule_hits`` are the topics the rules tag per text."""
-    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import KFold, StratifiedKFold
 
     p = {**DEFAULT_PARAMS, **(params or {})}
     topics = tuple(sorted(t for t in set(topics) if any(t in ls for ls in labels)))
@@ -195,12 +258,18 @@ def train(
     else:
         target = y.astype(int)
         folds = KFold(n_splits=p["cv_folds"], shuffle=True, random_state=0)
-    shape = "one multinomial model" if p["exclusive"] else "one model per topic"
+    if p["exclusive"]:
+        p["gated"] = bool(p["gated"]) and NO_LABEL in target and len(set(target)) > 1
+        shape = "a gate times one multinomial model" if p["gated"] else "one multinomial model"
+    else:
+        shape = "one model per topic"
     say(f"cross-validating {len(texts)} examples, {len(topics)} topics, {shape}")
-    pipe = _pipeline(p, p["exclusive"])
-    cv_prob = cross_val_predict(pipe, list(texts), target, cv=folds, method="predict_proba")
-    if p["exclusive"]:  # cross_val_predict orders the columns as the sorted classes
-        cv_prob = _topic_columns(np.unique(target), cv_prob, topics)
+    texts = list(texts)
+    cv_prob = np.zeros((len(texts), len(topics)))
+    for fit_rows, held_rows in folds.split(texts, target):
+        fold = _pipeline(p, p["exclusive"]).fit([texts[i] for i in fit_rows], target[fit_rows])
+        held = np.asarray(fold.predict_proba([texts[i] for i in held_rows]))
+        cv_prob[held_rows] = _topic_columns(getattr(fold, "classes_", None), held, topics)
     thresholds = {t: _best_threshold(y[:, i], cv_prob[:, i], ruled[:, i]) for i, t in enumerate(topics)}
     say("fitting on all training examples")
     pipeline = _pipeline(p, p["exclusive"]).fit(list(texts), target)

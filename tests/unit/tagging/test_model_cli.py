@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 from click.testing import CliRunner
@@ -63,6 +64,7 @@ def test_a_model_round_trips_with_its_version_and_taxonomy(tmp_path: Path) -> No
     assert loaded.meta.taxonomy == "toy"
     assert loaded.meta.topics == ("outage", "refund")
     assert loaded.meta.params["exclusive"] is True  # one label per post
+    assert loaded.meta.params["gated"] is True  # "any label?" gate x reasons
     assert orjson.loads(out.with_suffix(".json").read_bytes())["version"] == loaded.version
 
     tagger = Tagger.load(tax_path, out, enrich=False)
@@ -94,6 +96,33 @@ def test_a_file_that_is_not_a_model_is_refused(tmp_path: Path) -> None:
         model_mod.load(bad)
     with pytest.raises(model_mod.ModelError, match="no model file"):
         model_mod.load(tmp_path / "missing.joblib")
+
+
+def test_the_gated_model_splits_probability_between_no_label_and_the_labels() -> None:
+    texts = [normalize(t).for_model() for t, _ in TOY_ROWS * 3]
+    labels = [frozenset([lab]) if lab else frozenset() for _, lab in TOY_ROWS * 3]
+    gated = model_mod.train(texts, labels, ["refund", "outage"], params={"cv_folds": 3, "C": 4.0})
+    single = model_mod.train(texts, labels, ["refund", "outage"], params={"cv_folds": 3, "C": 4.0, "gated": False})
+    assert gated.meta.params["gated"] is True and single.meta.params["gated"] is False
+    raw = gated.pipeline.predict_proba(["the portal will not load", "lovely weather"])
+    assert list(gated.pipeline.classes_) == [model_mod.NO_LABEL, "outage", "refund"]
+    assert np.allclose(raw.sum(axis=1), 1.0)
+    for m in (gated, single):
+        outage, chatter = m.predict(["the portal will not load", "lovely weather today"])
+        assert outage["outage"] > 0.5 > outage["refund"]
+        assert max(chatter.values()) < 0.5
+
+
+def test_a_model_file_of_the_previous_format_still_loads(tmp_path: Path) -> None:
+    import joblib
+
+    _, out = _toy_model(tmp_path)
+    blob = joblib.load(out)
+    joblib.dump({**blob, "format": 1}, out)
+    assert model_mod.load(out).meta.topics == ("outage", "refund")
+    joblib.dump({**blob, "format": 99}, out)
+    with pytest.raises(model_mod.ModelError, match="not an earful model"):
+        model_mod.load(out)
 
 
 def test_one_model_per_topic_when_posts_carry_several_labels() -> None:
