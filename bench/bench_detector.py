@@ -1,8 +1,8 @@
 """Spike detector figures: rows/s (one process) and NAB scores on the realTweets series.
 
-Settings are the detector's defaults; threshold and reopen_after are chosen on the
-tuning series only (``DEFAULT_TUNE_ON``) and then applied to the held-out series.
-``earful eval-detector`` prints the same scores per series, with alert delays.
+The protocol of ``earful eval-detector``: threshold, reopen_after and the settings grid
+(``nab.TUNING_GRID``) are chosen on the tuning series only (``DEFAULT_TUNE_ON``), then applied
+to the held-out series. ``earful eval-detector`` prints the same scores per series, with delays.
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ def run() -> dict[str, float]:
     weights = {name: nab.row_weights(s) for name, s in corpus.items()}
     tuning = nab.resolve(corpus, DEFAULT_TUNE_ON.split(","))
     held_out = [n for n in corpus if n not in tuning]
-    tuned = nab.tune(weights, [scores], base, [{}], tuning)
+    grid = nab.TUNING_GRID
+    grid_scores = nab.score_grid(corpus, base, grid)
+    tuned = nab.tune(weights, grid_scores, base, grid, tuning)
+    scores = grid_scores[list(grid).index(tuned.settings)]
     cfg = tuned.cfg
     figures: dict[str, float] = {"detector rows/s (one process)": rows / elapsed}
     for role, names in (("tuning", tuning), ("held-out", held_out)):

@@ -210,9 +210,10 @@ def test_a_spike_raises_one_alert_delivered_updated_resolved_and_indexed(
     with Chatter(stack) as chatter:
         _warm_up(stack, chatter)
         chatter.spike(30, "a")
-        wait_for(_alive(stack, lambda: any(s == "open" for _, _, s in hooks.events())), timeout=60, what="the open alert")
         time.sleep(WINDOW)
-        chatter.spike(150, "b")  # the spike grows: an update
+        chatter.spike(150, "b")  # the next window: the spike grows, an update
+        wait_for(_alive(stack, lambda: any(s == "open" for _, _, s in hooks.events())), timeout=60,
+                 what="the open alert")
         wait_for(lambda: any(s == "update" for _, _, s in hooks.events()), timeout=60, what="an update")
         wait_for(lambda: any(s == "resolved" for _, _, s in hooks.events()), timeout=90,
                  what="the all clear")
