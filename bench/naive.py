@@ -1,13 +1,16 @@
-"""The naive worker, for comparison: the same job as ``earful worker`` done one event at a time.
+"""The naive worker, for comparison: one event at a time, as a first Faust agent is written.
 
-One Kafka record per mention; per event it validates and tags the mention, indexes it with
-one ``await es.index()``, ``await``s a ``topic.send()`` of the tagged mention, and writes a
-table (a count per topic). This is how a first Faust agent is usually written.
+One Kafka record per mention; per event it validates and tags the mention, ``await``s a
+``topic.send()`` of the tagged mention and writes a table (a count per topic). With
+``EARFUL_BENCH_NAIVE_INDEX=1`` it also indexes each mention with one ``await es.index()``,
+so it does the whole job of ``earful worker``.
 
 Run as ``python -m bench.naive`` with the same EARFUL_* settings as the real worker.
 """
 
 from __future__ import annotations
+
+import os
 
 import faust
 import orjson
@@ -27,6 +30,7 @@ def main() -> None:
     source = app.topic(settings.topic_raw, value_serializer="raw", partitions=settings.raw_partitions)
     out = app.topic(settings.topic_counts, value_serializer="raw", partitions=settings.raw_partitions)
     counts = app.Table("naive-counts", default=int, partitions=settings.raw_partitions)
+    index_each = bool(os.environ.get("EARFUL_BENCH_NAIVE_INDEX"))
 
     @app.agent(source)
     async def tag_each(stream: faust.StreamT[bytes]) -> None:
@@ -34,7 +38,8 @@ def main() -> None:
             mention = Mention.model_validate_json(value)
             result = tagger.tag(mention.text, mention.lang)
             doc = mention.model_dump(mode="json") | {"tags": result.tags}
-            await es.index(index=settings.index_mentions, id=mention.id, document=doc)
+            if index_each:
+                await es.index(index=settings.index_mentions, id=mention.id, document=doc)
             await out.send(key=mention.id.encode(), value=orjson.dumps(doc))
             for tag in result.tags or ["untagged"]:
                 counts[tag] += 1
