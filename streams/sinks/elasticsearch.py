@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from elasticsearch import AsyncElasticsearch
+from elasticsearch import AsyncElasticsearch, ConnectionTimeout, TransportError
 from elasticsearch import ConnectionError as ESConnectionError
-from elasticsearch import ConnectionTimeout, TransportError
 
 log = logging.getLogger(__name__)
 
