@@ -72,6 +72,13 @@ class SourceConfig(BaseModel):
     def secret(self, field: str) -> SecretStr | None:
         return read_secret(getattr(self, f"{field}_env", None), getattr(self, f"{field}_file", None))
 
+    def bearer(self, field: str = "token") -> tuple[dict[str, str], str | None]:
+        """Authorization headers for a bearer token (none when unset), and where it comes from."""
+        token = self.secret(field)
+        headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+        env, file = getattr(self, f"{field}_env", None), getattr(self, f"{field}_file", None)
+        return headers, env or (str(file) if file else None)
+
     def missing_credentials(self) -> list[str]:
         """Where each required but absent credential should come from (env var or file)."""
         missing: list[str] = []

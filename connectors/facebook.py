@@ -108,12 +108,11 @@ def _graph_error(response: httpx.Response) -> tuple[int | None, str]:
 
 class FacebookConnector(HttpConnector):
     def __init__(self, config: FacebookConfig, **kwargs: Any) -> None:
-        token = config.secret("token")
-        headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+        headers, credential = config.bearer()
         super().__init__(config.name, config.base_url, poll_interval=config.poll_interval,
                          timeout=config.timeout, headers=headers, **kwargs)
         self.config = config
-        self.credential = config.token_env or (str(config.token_file) if config.token_file else None)
+        self.credential = credential
 
     def keys(self) -> list[str]:
         return [f"page:{p}" for p in self.config.pages]

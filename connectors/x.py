@@ -40,12 +40,11 @@ class XConfig(SourceConfig):
 
 class XConnector(HttpConnector):
     def __init__(self, config: XConfig, **kwargs: Any) -> None:
-        token = config.secret("token")
-        headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+        headers, credential = config.bearer()
         super().__init__(config.name, config.base_url, poll_interval=config.poll_interval,
                          timeout=config.timeout, headers=headers, **kwargs)
         self.config = config
-        self.credential = config.token_env or (str(config.token_file) if config.token_file else None)
+        self.credential = credential
 
     def keys(self) -> list[str]:
         return [f"search:{q}" for q in self.config.queries]
