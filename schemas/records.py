@@ -149,6 +149,7 @@ class Alert(_Record):
     expected: float
     score: float = Field(ge=0, le=1)
     peak_observed: float | None = None
+    authors: int | None = Field(default=None, ge=0, description="distinct authors in the window (topic-wide alerts)")
     top_terms: list[str] = Field(default_factory=list)
     samples: list[AlertSample] = Field(default_factory=list)
     config_version: str | None = None

@@ -142,6 +142,7 @@ class AlertTracker:
         samples: list[AlertSample],
         top_terms: list[str],
         now: datetime,
+        authors: int | None = None,
     ) -> Alert | None:
         key = _key(topic, source)
         ep = self._episodes.get(key)
@@ -161,11 +162,12 @@ class AlertTracker:
                     del self._episodes[key]  # cooldown over and quiet: nothing left to remember
                 return None
             return self._open(key, topic, source, window_start, observed, expected, score, sev,
-                              samples, top_terms, now)
+                              samples, top_terms, now, authors)
 
         ep["last_window"] = window_start.isoformat()
         ep["peak_observed"] = max(ep["peak_observed"], observed)
         ep["observed"], ep["expected"], ep["score"] = observed, expected, score
+        ep["authors"] = authors
         if samples:
             ep["samples"] = [s.model_dump(mode="json") for s in samples[: self.cfg.max_samples]]
         if top_terms:
@@ -201,6 +203,7 @@ class AlertTracker:
         samples: list[AlertSample],
         top_terms: list[str],
         now: datetime,
+        authors: int | None = None,
     ) -> Alert:
         ep: dict[str, Any] = {
             "phase": "open",
@@ -215,6 +218,7 @@ class AlertTracker:
             "score": score,
             "notified_observed": observed,
             "peak_observed": observed,
+            "authors": authors,
             "calm": 0,
             "samples": [s.model_dump(mode="json") for s in samples[: self.cfg.max_samples]],
             "top_terms": list(top_terms),
@@ -250,6 +254,7 @@ class AlertTracker:
             expected=ep["expected"],
             score=min(max(ep["score"], 0.0), 1.0),
             peak_observed=ep["peak_observed"],
+            authors=ep.get("authors"),
             top_terms=ep["top_terms"],
             samples=[AlertSample.model_validate(s) for s in ep["samples"]],
             config_version=self.cfg.config_version,

@@ -242,6 +242,9 @@ class AlertingStream:
     def _value(self, table: Any, key: str, start: float) -> float:
         return float(table.relative_to(start + self.window / 2)[key].value() or 0)
 
+    def _authors(self, topic: str, start: float) -> int:
+        return len(self.topic_authors.relative_to(start + self.window / 2)[topic].value() or ())
+
     async def _close(self, partition: int, tick: CountRecord) -> None:
         horizon = window_start(tick.until, self.window)
         now = datetime.fromtimestamp(tick.now, tz=UTC)
@@ -263,7 +266,8 @@ class AlertingStream:
                 due = self.watch.due(st, horizon)
                 if not due:
                     continue
-                windows = [(start, self._value(table, key, start)) for start in due]
+                windows = [(start, self._value(table, key, start),
+                            self._authors(key, start) if source is None else None) for start in due]
                 new_state, alerts = await self.watch.close(st, topic_, source, windows, now, evidence)
                 for alert in alerts:
                     await self._publish(alert)

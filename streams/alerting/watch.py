@@ -99,18 +99,20 @@ class Watch:
         state: Mapping[str, Any],
         topic: str,
         source: str | None,
-        windows: Iterable[tuple[float, float]],
+        windows: Iterable[tuple[float, float] | tuple[float, float, int | None]],
         now: datetime,
         evidence: Evidence,
     ) -> tuple[dict[str, Any], list[Alert]]:
-        """Feed closed windows ``(start, count)`` in order; return the new state and alert events."""
+        """Feed closed windows ``(start, count[, distinct authors])`` in order; return the new state
+        and the alert events."""
         dcfg = self.detector_cfg(topic)
         detector = Detector.from_state(dcfg, state["detector"]) if state.get("detector") else Detector(dcfg)
         tracker = AlertTracker.from_state(self.cfg.lifecycle, state.get("tracker"))
         closed_until = float(state["closed_until"])
         alerts: list[Alert] = []
         step = self.cfg.window_seconds
-        for start, value in windows:
+        for start, value, *rest in windows:
+            authors = rest[0] if rest else None
             if start < closed_until:
                 continue  # closed already (a redelivered tick)
             ts = _dt(start)
@@ -122,7 +124,7 @@ class Watch:
             alert = tracker.step(
                 topic=topic, source=source, window_start=ts, observed=obs.value, expected=obs.expected,
                 score=obs.anomaly_score, is_anomalous=obs.is_anomalous, severity=obs.severity,
-                samples=samples, top_terms=terms, now=now,
+                samples=samples, top_terms=terms, now=now, authors=authors,
             )
             if alert is not None:
                 alerts.append(alert)

@@ -229,6 +229,8 @@ def test_a_spike_raises_one_alert_delivered_updated_resolved_and_indexed(
     assert statuses.count("open") == 1 and statuses.count("resolved") == 1
     assert [seq for _, seq, _ in sorted(events, key=lambda e: e[1])] == list(range(len(events)))
     assert len({h["key"] for h in hooks.received}) == len(events)
+    opened = next(h["alert"] for h in hooks.received if h["alert"]["status"] == "open")
+    assert opened["authors"] == opened["observed"] >= 5  # every spike post has its own author
 
     # The same events reached the mailbox, once each.
     wait_for(lambda: len(inbox.messages) >= len(events), timeout=30, what="the e-mails")

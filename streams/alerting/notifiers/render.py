@@ -54,6 +54,8 @@ def lines(alert: Alert) -> list[str]:
         f"Severity: {alert.severity}   Score: {alert.score:.3f}",
         f"Opened: {alert.opened_at:%Y-%m-%d %H:%M} UTC   Window: {alert.window_start:%H:%M} UTC",
     ]
+    if alert.authors is not None:
+        out.append(f"Mentions in the window: {alert.observed:.0f} from {alert.authors} distinct authors")
     if alert.resolved_at is not None:
         out.append(f"Resolved: {alert.resolved_at:%Y-%m-%d %H:%M} UTC")
     if alert.top_terms:

@@ -75,8 +75,9 @@ async def _evidence(topic: str, source: str | None, start: datetime, end: dateti
     return [AlertSample(id="m1", source="mastodon", text="myGov down?", url="https://m.example/1")], ["down"]
 
 
-def _series(values: list[float]) -> list[tuple[float, float]]:
-    return [(T0 + 60 * i, v) for i, v in enumerate(values)]
+def _series(values: list[float]) -> list[tuple[float, float, int]]:
+    # Distinct authors: most posts of a window come from different people.
+    return [(T0 + 60 * i, v, int(v * 0.8)) for i, v in enumerate(values)]
 
 
 QUIET = [1, 0, 2, 1, 0, 1, 1, 0, 2, 1, 0, 1, 1, 0, 1]
@@ -91,6 +92,7 @@ async def test_a_spike_opens_updates_and_resolves_one_alert() -> None:
     assert len({a.id for a in alerts}) == 1
     opened = alerts[0]
     assert opened.observed == 40 and opened.expected < 5 and opened.top_terms == ["down"]
+    assert opened.authors == 32 and alerts[1].authors == 72
     assert opened.samples[0].url == "https://m.example/1"
     assert opened.kibana_url and opened.kibana_url.startswith("http://kibana.example:5601/app/discover")
     assert opened.config_version and opened.config_version.endswith("+tax-agency@1")
