@@ -17,7 +17,7 @@ def create_app(settings: Settings) -> faust.App:
         autodiscover=False,
         # Tables are co-partitioned with mentions.raw, so they share its partition count.
         topic_partitions=settings.raw_partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.topic_replication,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.broker_session_timeout,
         broker_heartbeat_interval=settings.broker_heartbeat_interval,

@@ -220,7 +220,8 @@ def create_topics(settings: Settings, specs: dict[str, int] | None = None) -> li
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_servers, client_id="earful-setup")
     try:
         existing = set(admin.list_topics())
-        missing = [NewTopic(name, n, 1) for name, n in specs.items() if name not in existing]
+        missing = [NewTopic(name, n, settings.topic_replication) for name, n in specs.items()
+                   if name not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(missing)

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     topic_alerts: str = "alerts"
     topic_status: str = "connectors.status"
     raw_partitions: int = Field(default=4, ge=1)
+    # Copies of each partition: 1 on the embedded broker, 3 on a production cluster.
+    topic_replication: int = Field(default=1, ge=1)
 
     # Elasticsearch indices.
     index_mentions: str = "earful-mentions"
