@@ -177,9 +177,9 @@ class AlertingStream:
             now = time.time()
             owned = [tp.partition for tp in app.assignor.assigned_actives()
                      if tp.topic == self.settings.topic_counts]
+            until = now - self.settings.alert_grace_seconds
             for partition in owned:
-                await self.counts_topic.send(value=CountRecord(kind="tick", until=now - self.settings
-                                                               .alert_grace_seconds, now=now),
+                await self.counts_topic.send(value=CountRecord(kind="tick", until=until, now=now),
                                              partition=partition)
 
         @app.agent(self.counts_topic, name="count-and-detect")
