@@ -10,7 +10,6 @@ that is not a valid mention becomes a ``Rejected`` with the reason.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -145,22 +144,6 @@ def tag(mentions: Sequence[Mention], tagger: TaggerLike) -> list[dict[str, Any]]
     tagged_at = utcnow()
     outcomes = tagger.tag_many([m.text for m in mentions], [m.lang for m in mentions])
     return [to_document(m, tagger, tagged_at, o) for m, o in zip(mentions, outcomes, strict=True)]
-
-
-def process(records: Sequence[RawRecord], tagger: TaggerLike) -> Batch:
-    batch, mentions = prepare(records)
-    batch.docs = tag(mentions, tagger)
-    return batch
-
-
-def minute_counts(docs: Iterable[dict[str, Any]]) -> Counter[tuple[str, str, str]]:
-    """(topic, source, minute) → mentions, for the new documents of a batch."""
-    counts: Counter[tuple[str, str, str]] = Counter()
-    for doc in docs:
-        minute = str(doc["created_at"])[:16]  # 2026-11-23T09:21
-        for tag in doc["tags"]:
-            counts[(tag, doc["source"], minute)] += 1
-    return counts
 
 
 def refused_document(doc: dict[str, Any], reason: str, index: str) -> Rejected:

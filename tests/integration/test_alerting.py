@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import json
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -25,11 +24,10 @@ from typing import Any
 
 import pytest
 import yaml
-from aiosmtpd.controller import Controller
 from kafka import KafkaProducer
 
 from schemas import Mention
-from tests.integration.conftest import ROOT, Stack, consume_all, wait_for
+from tests.integration.conftest import ROOT, Inbox, Stack, consume_all, wait_for
 
 WINDOW = 3.0
 WORKER_ENV = {"EARFUL_ALERT_WINDOW_SECONDS": str(WINDOW), "EARFUL_ALERT_GRACE_SECONDS": "5",
@@ -82,29 +80,12 @@ class Hooks:
             return [(h["alert"]["id"], h["alert"]["sequence"], h["alert"]["status"]) for h in self.received]
 
 
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[Any] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        self.messages.append(message_from_bytes(envelope.content))
-        return "250 OK"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
-def receivers(stack: Stack) -> Iterator[tuple[Hooks, Inbox]]:
-    hooks, inbox = Hooks(), Inbox()
+def receivers(stack: Stack, smtp: tuple[Inbox, int]) -> Iterator[tuple[Hooks, Inbox]]:
+    hooks = Hooks()
+    inbox, smtp_port = smtp
     server = ThreadingHTTPServer(("127.0.0.1", 0), hooks.handler())
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    smtp_port = _free_port()
-    smtp = Controller(inbox, hostname="127.0.0.1", port=smtp_port)
-    smtp.start()
     config = {
         "alerting": {
             # The baseline learns from the first windows of background chatter.
@@ -125,7 +106,6 @@ def receivers(stack: Stack) -> Iterator[tuple[Hooks, Inbox]]:
         yield hooks, inbox
     finally:
         server.shutdown()
-        smtp.stop()
 
 
 class Chatter:
@@ -235,7 +215,7 @@ def test_a_spike_raises_one_alert_delivered_updated_resolved_and_indexed(
     # The same events reached the mailbox, once each.
     wait_for(lambda: len(inbox.messages) >= len(events), timeout=30, what="the e-mails")
     assert len(inbox.messages) == len(events)
-    assert len({m["Message-ID"] for m in inbox.messages}) == len(events)
+    assert len({message_from_bytes(m)["Message-ID"] for m in inbox.messages}) == len(events)
 
     # The alert document followed the lifecycle to its end, with its evidence.
     (doc,) = _alert_docs(stack)

@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import json
 import os
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -16,7 +15,6 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiosmtpd.controller import Controller
 from elasticsearch import AsyncElasticsearch
 
 from schemas.records import Alert, AlertSample
@@ -86,32 +84,6 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
         yield rec, f"http://127.0.0.1:{port}/hooks/XXXXsecretXXXX"
     finally:
         await runner.cleanup()
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[bytes] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(envelope.content)
-        return "250 OK"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def smtp() -> Any:
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=_free_port())
-    controller.start()
-    try:
-        yield inbox, controller.port
-    finally:
-        controller.stop()
 
 
 async def _no_wait(_: float) -> None:
