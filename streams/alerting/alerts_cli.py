@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import click
 
 from schemas.records import Alert, AlertSample, utcnow
+from streams.alerting.notifiers import render
 from streams.alerting.subscriptions import (
     Subscription,
     SubscriptionError,
@@ -330,7 +331,7 @@ def sample_alert(settings: Settings, severity: str = "info") -> Alert:
             AlertSample(id="test-2", source="bluesky",
                         text=f"{label} myGov keeps timing out when I try to link the ATO, third try tonight."),
         ],
-        config_version="test", kibana_url=settings.kibana_url.rstrip("/") + "/app/discover",
+        config_version=render.TEST_CONFIG_VERSION, kibana_url=settings.kibana_url.rstrip("/") + "/app/discover",
     )
 
 

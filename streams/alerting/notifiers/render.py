@@ -10,7 +10,7 @@ import html
 
 from schemas.records import Alert
 
-__all__ = ["digest_title", "html_body", "lines", "sample_lines", "title", "truncate"]
+__all__ = ["TEST_CONFIG_VERSION", "digest_title", "html_body", "lines", "sample_lines", "title", "truncate"]
 
 SAMPLE_CHARS = 200
 
@@ -28,13 +28,20 @@ def _count(value: float) -> str:
     return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
 
 
+#: ``config_version`` of the alerts ``earful alerts test-subscription`` sends
+TEST_CONFIG_VERSION = "test"
+
+
 def title(alert: Alert) -> str:
+    """One line: severity, what, observed vs expected; a test alert says so first, on every
+    channel, so nobody on a pager or in a mail client takes it for an outage."""
+    test = "[TEST] " if alert.config_version == TEST_CONFIG_VERSION else ""
     counts = f"{_count(alert.observed)} mentions vs {_count(alert.expected)} expected"
     if alert.status == "resolved":
         peak = f", peak {_count(alert.peak_observed)}" if alert.peak_observed is not None else ""
-        return f"[RESOLVED] All clear: {_scope(alert)} is back to normal ({counts}{peak})"
+        return f"{test}[RESOLVED] All clear: {_scope(alert)} is back to normal ({counts}{peak})"
     verb = "Spike in" if alert.status == "open" else "Spike growing in"
-    return f"[{alert.severity.upper()}] {verb} {_scope(alert)}: {counts}"
+    return f"{test}[{alert.severity.upper()}] {verb} {_scope(alert)}: {counts}"
 
 
 def digest_title(alerts: list[Alert]) -> str:

@@ -94,6 +94,7 @@ def test_signed_test_alert_reaches_the_webhook(tmp_path: Path, receiver: Receive
     alert = payload["alert"]
     assert payload["kind"] == "alert" and payload["event_key"].startswith(f"test:{alert['id']}:")
     assert alert["id"].startswith("test-") and alert["topic"] == "outage" and alert["severity"] == "info"
+    assert alert["config_version"] == "test"  # the marker every channel's title shows as [TEST]
     assert len(alert["samples"]) == 2
     assert all(s["text"].startswith("[TEST from earful, no action needed]") for s in alert["samples"])
 

@@ -168,3 +168,14 @@ def test_email_message_plain_and_html() -> None:
     html = msg.get_body(("html",)).get_content()
     assert "Top terms: portal, down, login" in plain and "https://social.example/@a/1" in plain
     assert "&lt;ATO&gt;" in html and 'href="https://kibana.example/app/discover#/?x"' in html
+
+
+def test_a_test_alert_says_so_in_its_title_on_every_channel() -> None:
+    test = ALERT.model_copy(update={"config_version": "test"})
+    channel = EmailChannel.model_validate(
+        {"type": "email", "host": "127.0.0.1", "from": "earful@agency.example", "to": ["ops@agency.example"]}
+    )
+    assert build_message(channel, [test], "t:0:mail", digest=False)["Subject"].startswith("[TEST] [MAJOR] Spike")
+    resolved = RESOLVED.model_copy(update={"config_version": "test"})
+    assert build_message(channel, [resolved], "t:2:mail", digest=False)["Subject"].startswith("[TEST] [RESOLVED]")
+    assert not build_message(channel, [ALERT], "a:0:mail", digest=False)["Subject"].startswith("[TEST]")
