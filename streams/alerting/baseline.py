@@ -249,3 +249,50 @@ class SurpriseHistory:
         self.rows = self.rows * keep + 1.0
         for j, level in enumerate(SURPRISE_LEVELS):
             self.above[j] = self.above[j] * keep + (1.0 if surprise >= level else 0.0)
+
+
+class RecentLevel:
+    """An exponentially weighted average of the counts and of their expectations, for level shifts.
+
+    A topic whose chatter doubles for an afternoon (a slow-burning outage, a story that
+    keeps being shared) never has one remarkable minute or half hour; its average over
+    the last hours does. The average over ``half_life_minutes`` is tested as a sum of its
+    effective number of rows, with its own learned dispersion (averages of neighbouring
+    rows are burstier than independent rows would be). O(1) state, whatever the half-life.
+    """
+
+    def __init__(self, half_life_minutes: float, dispersion_half_life_minutes: float,
+                 state: dict[str, Any] | None = None):
+        self.half_life_minutes = half_life_minutes
+        self.dispersion_half_life_minutes = dispersion_half_life_minutes
+        state = state or {}
+        self.value: float | None = state.get("value")
+        self.expected: float = float(state.get("expected", 0.0))
+        self.rows: float = float(state.get("rows", 1.0))
+        self.excess_var: float = float(state.get("excess_var", 0.0))
+        self.mean_sq: float = float(state.get("mean_sq", 0.0))
+
+    def state(self) -> dict[str, Any]:
+        return {"value": self.value, "expected": self.expected, "rows": self.rows,
+                "excess_var": self.excess_var, "mean_sq": self.mean_sq}
+
+    def add(self, value: float, expected: float, minutes: float) -> tuple[float, float]:
+        """Add this row; return (sum of values, sum of expected) over the effective rows."""
+        if self.value is None:
+            self.value, self.expected, self.rows = value, expected, 1.0
+        elif minutes > 0:
+            a = decay(minutes, self.half_life_minutes)
+            self.value += a * (value - self.value)
+            self.expected += a * (expected - self.expected)
+            self.rows = max((2.0 - a) / a, 1.0)
+        return self.value * self.rows, self.expected * self.rows
+
+    def dispersion(self, fallback: float) -> float:
+        if self.mean_sq <= 0:
+            return fallback
+        return max(self.excess_var / self.mean_sq, 0.0)
+
+    def learn(self, total: float, expected: float, minutes: float) -> None:
+        a = decay(minutes, self.dispersion_half_life_minutes)
+        self.excess_var += a * ((total - expected) ** 2 - total - self.excess_var)
+        self.mean_sq += a * (expected * expected - self.mean_sq)

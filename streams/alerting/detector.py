@@ -12,6 +12,9 @@ quiet. That tail is then weighed against the topic's own record (``SurpriseHisto
 on a topic whose chatter comes in news-driven bursts a "one in a million" row is a
 daily event, so it counts only as rare as such rows have recently been there. One
 threshold then fits a topic with hundreds of mentions per window and one with two.
+Besides single rows and the sum of the last half hour, the average over the last few
+hours is tested (``RecentLevel``), so a rise that lasts all afternoon is caught even
+when no single row stands out; it has its own record to be judged against.
 A count floor keeps "2 mentions instead of 0" from paging anyone, and
 calendar overrides raise the expectation over known busy periods (lodgement
 deadlines, campaigns) so they are expected rather than alerted on.
@@ -26,10 +29,18 @@ from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from streams.alerting.baseline import BaselineRates, RecentWindow, SeasonalBaseline, SurpriseHistory
+from streams.alerting.baseline import (
+    BaselineRates,
+    RecentLevel,
+    RecentWindow,
+    SeasonalBaseline,
+    SurpriseHistory,
+)
 
 SEVERITIES = ("info", "minor", "major", "critical")
-STATE_VERSION = 1
+STATE_VERSION = 2
+# Versions from_state still reads: version 1 lacks the level-shift test, which starts afresh.
+READABLE_STATE_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,10 @@ class DetectorConfig:
     # Also test the sum over this many minutes, for rises that build over several rows
     # (0: single rows only).
     window_minutes: float = 30.0
+    # Also test the average over about this half-life, for rises that last hours: chatter
+    # that triples for an afternoon without one remarkable half hour (0: off). It is judged
+    # against its own record, as the single rows are against theirs.
+    shift_half_life_minutes: float = 180.0
     # Judge each row's surprise against how often this topic's own rows were that
     # surprising, over this half-life (0: trust the model's tail alone).
     calibration_half_life_minutes: float = 7 * 24 * 60
@@ -179,10 +194,18 @@ class Detector:
         self.surprises = SurpriseHistory(
             cfg.calibration_half_life_minutes, cfg.calibration_prior_rows, history_state
         )
+        shift_state = dict(_state["shift"]) if _state and "shift" in _state else None
+        self.shift = RecentLevel(cfg.shift_half_life_minutes, cfg.dispersion_half_life_minutes, shift_state)
+        # A version-1 state has no record for the level test yet: it starts from the single
+        # rows' record rather than from none, which would trust the model's tail and page.
+        shift_history = dict(_state.get("shift_surprises") or _state.get("surprises") or {}) if _state else None
+        self.shift_surprises = SurpriseHistory(
+            cfg.calibration_half_life_minutes, cfg.calibration_prior_rows, shift_history
+        )
 
     @classmethod
     def from_state(cls, cfg: DetectorConfig, state: Mapping[str, Any]) -> Detector:
-        if state.get("version") != STATE_VERSION:
+        if state.get("version") not in READABLE_STATE_VERSIONS:
             raise ValueError(f"unknown detector state version {state.get('version')!r}")
         return cls(cfg, state)
 
@@ -192,6 +215,8 @@ class Detector:
             "baseline": self.baseline.state(),
             "window": self.window.state(),
             "surprises": self.surprises.state(),
+            "shift": self.shift.state(),
+            "shift_surprises": self.shift_surprises.state(),
         }
 
     def multiplier(self, ts: datetime) -> float:
@@ -227,6 +252,17 @@ class Detector:
 
         # How surprising for this series: the model's surprise, tempered by its own record.
         model_surprise, surprise = surprise, self.surprises.calibrated(surprise)
+
+        # The level over the last hours, judged against how often it has been this far up.
+        shift_surprise = 0.0
+        if cfg.shift_half_life_minutes > 0:
+            shift_total, shift_expected = self.shift.add(value, expected, minutes)
+            shift_dispersion = max(self.shift.dispersion(dispersion), cfg.min_dispersion / self.shift.rows)
+            if warmed_up and shift_total >= cfg.min_count and shift_total > shift_expected and value > expected:
+                shift_surprise = -nb_log_sf(shift_total, shift_expected, shift_dispersion) / math.log(10)
+            calibrated_shift = self.shift_surprises.calibrated(shift_surprise)
+            if calibrated_shift > surprise:
+                surprise, ratio = calibrated_shift, shift_total / shift_expected
         score = surprise / (surprise + cfg.score_scale) if surprise > 0 else 0.0
         anomalous = score >= cfg.threshold
         severity = self._severity(ratio, surprise) if anomalous else None
@@ -242,6 +278,11 @@ class Detector:
         if rows > 1 and minutes > 0:
             spread = math.sqrt(total_expected + window_dispersion * total_expected**2)
             self.window.learn(min(total, total_expected + cfg.clip_sigmas * spread), total_expected, minutes)
+        if cfg.shift_half_life_minutes > 0 and minutes > 0:
+            if warmed_up:
+                self.shift_surprises.learn(shift_surprise, minutes)
+            spread = math.sqrt(shift_expected + shift_dispersion * shift_expected**2)
+            self.shift.learn(min(shift_total, shift_expected + cfg.clip_sigmas * spread), shift_expected, minutes)
         return Observation(ts, value, expected, score, anomalous, severity)
 
     def _severity(self, ratio: float, surprise: float) -> str:

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from streams.alerting.baseline import SURPRISE_LEVELS, SurpriseHistory
+from streams.alerting.baseline import SURPRISE_LEVELS, RecentLevel, SurpriseHistory
 from streams.alerting.detector import (
+    STATE_VERSION,
     CalendarOverride,
     Detector,
     DetectorConfig,
@@ -246,3 +247,45 @@ def test_negative_binomial_tail_matches_the_sum_of_its_pmf(k, mean, dispersion):
         for x in range(k)
     )
     assert nb_log_sf(k, mean, dispersion) == pytest.approx(math.log(1 - below), rel=1e-9)
+
+
+def test_a_rise_that_lasts_hours_is_judged_on_its_level_too(two_weeks):
+    # On a topic with daily bursts single rows are tempered by its record; a doubling
+    # that lasts four hours still stands out in the level over the last hours.
+    bursty = with_daily_bursts(two_weeks, 3.0)
+    start = START + timedelta(days=13, hours=6)
+    rng = random.Random(3)
+    rows = [
+        (ts, float(poisson(rng, 2.0 * daily_rate(ts)))) if start <= ts < start + timedelta(hours=4) else (ts, v)
+        for ts, v in bursty
+    ]
+
+    def peak(shift: float) -> float:
+        obs = run(Detector(DetectorConfig(shift_half_life_minutes=shift)), rows)
+        return max(o.anomaly_score for o in obs if start <= o.ts < start + timedelta(hours=4))
+
+    assert peak(180.0) > peak(0.0) + 0.05
+
+
+def test_recent_level_averages_over_its_effective_rows():
+    level = RecentLevel(60.0, 600.0)
+    for _ in range(2000):
+        total, expected = level.add(10.0, 8.0, 1.0)
+    assert level.rows == pytest.approx(2 * 60 / math.log(2), rel=0.02)
+    assert total == pytest.approx(10.0 * level.rows)
+    assert expected == pytest.approx(8.0 * level.rows)
+    restored = RecentLevel(60.0, 600.0, json.loads(json.dumps(level.state())))
+    assert restored.add(20.0, 8.0, 1.0) == level.add(20.0, 8.0, 1.0)
+
+
+def test_a_version_1_state_resumes_with_the_level_test_starting_from_the_rows_record(two_weeks):
+    det = Detector(DetectorConfig())
+    run(det, two_weeks[: 3 * 24 * 60])
+    old = {k: v for k, v in det.state().items() if k not in ("shift", "shift_surprises")}
+    old["version"] = 1
+    resumed = Detector.from_state(DetectorConfig(), json.loads(json.dumps(old)))
+    assert resumed.shift_surprises.state() == det.surprises.state()
+    resumed.observe(two_weeks[3 * 24 * 60][0], two_weeks[3 * 24 * 60][1])
+    assert resumed.state()["version"] == STATE_VERSION == 2
+    with pytest.raises(ValueError, match="version"):
+        Detector.from_state(DetectorConfig(), {**old, "version": 99})
