@@ -55,7 +55,7 @@ bench: $(STAMP) ## Print throughput figures and ratios measured in one run on th
 DATA := ../shared/data
 models: $(STAMP) ## Train the learned tagging tier for the airline and crisis taxonomies (deploy/models/)
 	$(EARFUL) train $(DATA)/airline-sentiment/tweets.csv --text-col text --label-col negativereason \
-	  --id-col tweet_id --taxonomy deploy/taxonomies/airline.yaml -o deploy/models/airline.joblib
+	  --id-col tweet_id --c 4 --taxonomy deploy/taxonomies/airline.yaml -o deploy/models/airline.joblib
 	$(EARFUL) train $(DATA)/crisislext26/tweets.csv --text-col text --label-col info_type \
 	  --id-col tweet_id --taxonomy deploy/taxonomies/crisis.yaml -o deploy/models/crisis.joblib
 

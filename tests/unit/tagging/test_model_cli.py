@@ -204,10 +204,14 @@ def test_train_writes_a_model_that_tag_then_uses(tmp_path: Path) -> None:
     tax.write_bytes(TOY)
     out = tmp_path / "toy.joblib"
     result = CliRunner().invoke(cli, ["train", str(labelled), "--text-col", "text", "--label-col", "label",
-                                      "--split", "all", "--taxonomy", str(tax), "-o", str(out), "--c", "4"])
+                                      "--split", "all", "--taxonomy", str(tax), "-o", str(out), "--c", "2"])
     assert result.exit_code == 0, result.output
     assert f"wrote {out}" in result.stdout and "version toy@" in result.stdout
-    assert model_mod.load(out).meta.params["C"] == 4.0
+    trained = model_mod.load(out)
+    assert trained.meta.params["C"] == 2.0
+    # --c regularises the reason classifier (the airline model is trained with --c 4); the gate keeps its own C
+    clf = trained.pipeline.named_steps["clf"]
+    assert clf.reasons_.C == 2.0 and clf.gate_.C == 4.0  # the default gate_C
 
     posts = _csv(tmp_path / "posts.csv", [{"text": "the portal will not load"}])
     tagged = CliRunner().invoke(cli, ["tag", str(posts), "--text-col", "text", "--taxonomy", str(tax),
