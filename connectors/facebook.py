@@ -38,7 +38,7 @@ from pydantic import Field
 
 from connectors.base import FatalError, RetriableError, SkippableItem
 from connectors.config import SecretSpec, SourceConfig
-from connectors.http import MAX_RETRY_AFTER, Fetched, HttpConnector, Native, raise_for_status
+from connectors.http import MAX_RETRY_AFTER, BearerConnector, Fetched, Native, raise_for_status
 from connectors.sweep import Sweep
 from connectors.text import parse_timestamp
 from schemas import Engagement, Mention
@@ -106,13 +106,8 @@ def _graph_error(response: httpx.Response) -> tuple[int | None, str]:
     return (code if isinstance(code, int) else None), str(error.get("message") or "")[:300]
 
 
-class FacebookConnector(HttpConnector):
-    def __init__(self, config: FacebookConfig, **kwargs: Any) -> None:
-        headers, credential = config.bearer()
-        super().__init__(config.name, config.base_url, poll_interval=config.poll_interval,
-                         timeout=config.timeout, headers=headers, **kwargs)
-        self.config = config
-        self.credential = credential
+class FacebookConnector(BearerConnector):
+    config: FacebookConfig
 
     def keys(self) -> list[str]:
         return [f"page:{p}" for p in self.config.pages]

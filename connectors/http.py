@@ -265,3 +265,15 @@ class HttpConnector(Connector):
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+class BearerConnector(HttpConnector):
+    """An HTTP connector authorised by the bearer token of its config's ``token`` secret
+    (X, Facebook): the config says the base URL, poll interval and timeout."""
+
+    def __init__(self, config: Any, **kwargs: Any) -> None:
+        headers, credential = config.bearer()
+        super().__init__(config.name, config.base_url, poll_interval=config.poll_interval,
+                         timeout=config.timeout, headers=headers, **kwargs)
+        self.config = config
+        self.credential = credential

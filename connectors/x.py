@@ -16,7 +16,7 @@ from pydantic import Field
 
 from connectors.base import SkippableItem
 from connectors.config import SecretSpec, SourceConfig
-from connectors.http import Fetched, HttpConnector, Native
+from connectors.http import BearerConnector, Fetched, Native
 from connectors.sweep import Sweep
 from connectors.text import parse_timestamp
 from schemas import Engagement, Mention
@@ -38,13 +38,8 @@ class XConfig(SourceConfig):
     poll_interval: float = Field(default=300.0, gt=0)
 
 
-class XConnector(HttpConnector):
-    def __init__(self, config: XConfig, **kwargs: Any) -> None:
-        headers, credential = config.bearer()
-        super().__init__(config.name, config.base_url, poll_interval=config.poll_interval,
-                         timeout=config.timeout, headers=headers, **kwargs)
-        self.config = config
-        self.credential = credential
+class XConnector(BearerConnector):
+    config: XConfig
 
     def keys(self) -> list[str]:
         return [f"search:{q}" for q in self.config.queries]
