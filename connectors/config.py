@@ -144,6 +144,13 @@ class IngestConfig(BaseModel):
     secret_env: str | None = "EARFUL_INGEST_SECRET"
     secret_file: Path | None = None
     signature_header: str = "X-Earful-Signature"
+    #: Unix seconds the pusher signed at; when sent, the signature covers "<timestamp>.<body>"
+    #: and a request older (or newer) than ``max_clock_skew_seconds`` is refused: a captured
+    #: request cannot be replayed later.
+    timestamp_header: str = "X-Earful-Timestamp"
+    max_clock_skew_seconds: float = Field(default=300.0, gt=0)
+    #: refuse signatures without a timestamp (bearer tokens are unaffected)
+    require_timestamp: bool = False
     max_body_bytes: int = Field(default=1_000_000, gt=0)
     max_mentions: int = Field(default=1000, gt=0)
     #: the sources pushers may claim; empty allows any valid source name

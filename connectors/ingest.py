@@ -5,14 +5,19 @@ A request carries one mention (a JSON object) or several (a JSON array) in the
 id, as for every mention). It is authenticated by either
 
 - ``Authorization: Bearer <shared secret>``, or
-- ``X-Earful-Signature: sha256=<hex HMAC-SHA256 of the raw body, keyed by the shared secret>``.
+- ``X-Earful-Signature: sha256=<hex HMAC-SHA256 of the raw body, keyed by the shared secret>``,
+  better with ``X-Earful-Timestamp: <unix seconds>``, the signature then covering
+  ``<timestamp>.<raw body>``: a request more than ``max_clock_skew_seconds`` (5 minutes) from
+  the server's clock is refused, so a captured request cannot be replayed later
+  (``require_timestamp: true`` refuses signatures without one).
 
 Answers, each with a JSON body saying why::
 
     202  accepted: every mention is in Kafka (acknowledged) before this answer
     400  not JSON, or not an object/array of objects
     401  no credentials (neither header)
-    403  wrong bearer secret, or a signature that does not match the body
+    401  a signature without the timestamp the server requires
+    403  wrong bearer secret, a signature that does not match the body, a stale timestamp
     413  body or batch too large
     422  a mention does not fit the schema (nothing of that request is kept)
     503  Kafka did not acknowledge: nothing is promised, send again
@@ -30,6 +35,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -62,9 +68,10 @@ def _answer(status: int, body: dict[str, Any]) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
-def signature(secret: SecretStr, body: bytes) -> str:
-    """The signature header value a pusher sends for ``body``."""
-    return "sha256=" + hmac.new(secret.get_secret_value().encode(), body, hashlib.sha256).hexdigest()
+def signature(secret: SecretStr, body: bytes, timestamp: int | str | None = None) -> str:
+    """The signature header value a pusher sends for ``body`` (signed at ``timestamp``, if given)."""
+    signed = body if timestamp is None else f"{timestamp}.".encode() + body
+    return "sha256=" + hmac.new(secret.get_secret_value().encode(), signed, hashlib.sha256).hexdigest()
 
 
 class IngestServer:
@@ -134,9 +141,12 @@ class IngestServer:
         given_sig = request.headers.get(self.config.signature_header)
         auth = request.headers.get("Authorization", "")
         if given_sig:
-            if not hmac.compare_digest(given_sig.strip().encode(), signature(self._secret, body).encode()):
+            timestamp = self._timestamp(request)
+            signed = "the body" if timestamp is None else f"'<{self.config.timestamp_header}>.<body>'"
+            if not hmac.compare_digest(given_sig.strip().encode(),
+                                       signature(self._secret, body, timestamp).encode()):
                 raise BadRequest(403, f"bad {self.config.signature_header}: expected sha256=<hex HMAC-SHA256 "
-                                      "of the body keyed by the shared secret>")
+                                      f"of {signed} keyed by the shared secret>")
             return
         if auth.lower().startswith("bearer "):
             if not hmac.compare_digest(auth[7:].strip().encode(), expected):
@@ -144,6 +154,23 @@ class IngestServer:
             return
         raise BadRequest(401, f"authentication required: 'Authorization: Bearer <secret>' "
                               f"or '{self.config.signature_header}: sha256=<hmac>'")
+
+    def _timestamp(self, request: web.Request) -> str | None:
+        """The signed timestamp, checked against the clock; None when absent and allowed."""
+        header = self.config.timestamp_header
+        given = request.headers.get(header)
+        if given is None:
+            if self.config.require_timestamp:
+                raise BadRequest(401, f"{header} required: sign '<unix seconds>.<body>' and send the seconds")
+            return None
+        given = given.strip()
+        if not given.isdigit():
+            raise BadRequest(403, f"bad {header}: expected whole unix seconds")
+        skew = abs(time.time() - int(given))
+        if skew > self.config.max_clock_skew_seconds:
+            raise BadRequest(403, f"{header} is {skew:.0f} s from the server's clock (at most "
+                                  f"{self.config.max_clock_skew_seconds:.0f} s): sign again and resend")
+        return given
 
     def _parse(self, body: bytes) -> list[Mention]:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -110,6 +111,53 @@ async def test_signature_of_another_body_is_refused(client: TestClient, sink: Fa
     response = await client.post("/mentions", data=sent, headers={"X-Earful-Signature": signature(SECRET, signed)})
     assert response.status == 403
     assert sink.acked == []
+
+
+async def test_timestamped_signature_is_accepted_while_fresh(client: TestClient, sink: FakeSink) -> None:
+    body = orjson.dumps(mention(4))
+    now = int(time.time())
+    headers = {"X-Earful-Signature": signature(SECRET, body, now), "X-Earful-Timestamp": str(now)}
+    response = await client.post("/mentions", data=body, headers=headers)
+    assert response.status == 202, await response.text()
+    assert [m.native_id for m in sink.acked] == ["bw-4"]
+
+
+@pytest.mark.parametrize(("age", "says"), [(3600, "from the server's clock"), (-3600, "from the server's clock")])
+async def test_a_replayed_or_future_signature_is_refused(client: TestClient, sink: FakeSink, age: int,
+                                                         says: str) -> None:
+    body = orjson.dumps(mention(5))
+    then = int(time.time()) - age
+    headers = {"X-Earful-Signature": signature(SECRET, body, then), "X-Earful-Timestamp": str(then)}
+    response = await client.post("/mentions", data=body, headers=headers)
+    assert response.status == 403
+    assert says in (await response.json())["error"]
+    assert sink.acked == []
+
+
+async def test_the_timestamp_is_part_of_what_is_signed(client: TestClient, sink: FakeSink) -> None:
+    body = orjson.dumps(mention(6))
+    now = int(time.time())
+    # Signed without the timestamp, sent with one: someone changed the timestamp after signing.
+    headers = {"X-Earful-Signature": signature(SECRET, body), "X-Earful-Timestamp": str(now)}
+    response = await client.post("/mentions", data=body, headers=headers)
+    assert response.status == 403
+    assert "X-Earful-Timestamp" in (await response.json())["error"]
+    headers = {"X-Earful-Signature": signature(SECRET, body, now), "X-Earful-Timestamp": "soon"}
+    assert (await client.post("/mentions", data=body, headers=headers)).status == 403
+    assert sink.acked == []
+
+
+async def test_required_timestamp_refuses_a_bare_signature(sink: FakeSink) -> None:
+    config = IngestConfig(secret_env=None, require_timestamp=True)
+    body = orjson.dumps(mention(7))
+    async with TestClient(TestServer(IngestServer(config, SECRET, sink).app())) as strict:
+        response = await strict.post("/mentions", data=body, headers={"X-Earful-Signature": signature(SECRET, body)})
+        assert response.status == 401
+        assert "X-Earful-Timestamp required" in (await response.json())["error"]
+        now = int(time.time())
+        headers = {"X-Earful-Signature": signature(SECRET, body, now), "X-Earful-Timestamp": str(now)}
+        assert (await strict.post("/mentions", data=body, headers=headers)).status == 202
+    assert [m.native_id for m in sink.acked] == ["bw-7"]
 
 
 async def test_oversized_body_is_413(client: TestClient, sink: FakeSink) -> None:
