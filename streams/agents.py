@@ -27,7 +27,7 @@ from streams.sinks.elasticsearch import ElasticsearchSink
 
 log = logging.getLogger(__name__)
 
-#: called with the new documents of every batch (the counting of alerting hooks in here)
+#: called with the indexed documents of every batch (the counting of alerting hooks in here)
 OnIndexed = Callable[[list[dict[str, Any]], "faust.types.EventT"], Awaitable[None]]
 
 
@@ -84,15 +84,17 @@ def register(app: faust.App, settings: Settings, tagger: pipeline.TaggerLike, si
         # Wait for the broker's acknowledgement: the source records are acked right after.
         await asyncio.gather(*futures)
 
-    async def write(docs: list[dict[str, Any]], batch: pipeline.Batch) -> list[dict[str, Any]]:
-        """Index a slice; what the search server refuses joins the batch's rejections."""
+    async def write(docs: list[dict[str, Any]], batch: pipeline.Batch) -> tuple[list[dict[str, Any]], int]:
+        """Index a slice: the documents stored (new or overwritten) and how many were new; what
+        the search server refuses joins the batch's rejections."""
         result = await sink.write(docs)
-        if result.refused:
-            by_id = {d["id"]: d for d in docs}
-            batch.rejected.extend(pipeline.refused_document(by_id[doc_id], reason, settings.index_mentions)
-                                  for doc_id, reason in result.refused)
-        created = set(result.created)
-        return [d for d in docs if d["id"] in created]
+        if not result.refused:
+            return docs, len(result.created)
+        by_id = {d["id"]: d for d in docs}
+        batch.rejected.extend(pipeline.refused_document(by_id[doc_id], reason, settings.index_mentions)
+                              for doc_id, reason in result.refused)
+        refused = {doc_id for doc_id, _ in result.refused}
+        return [d for d in docs if d["id"] not in refused], len(result.created)
 
     @app.agent(raw, name="index-mentions", concurrency=settings.worker_concurrency)
     async def index_mentions(stream: faust.StreamT[Any]) -> None:
@@ -103,24 +105,29 @@ def register(app: faust.App, settings: Settings, tagger: pipeline.TaggerLike, si
             # slice (and the consumer's fetches and heartbeats) moving while the next is tagged.
             clock = time.perf_counter()
             batch, mentions = await asyncio.to_thread(pipeline.prepare, records)
-            created: list[dict[str, Any]] = []
-            in_flight: asyncio.Future[list[dict[str, Any]]] | None = None
+            stored: list[dict[str, Any]] = []
+            created = 0
+            in_flight: asyncio.Future[tuple[list[dict[str, Any]], int]] | None = None
             for start in range(0, len(mentions), settings.batch_size):
                 docs = await asyncio.to_thread(pipeline.tag, mentions[start:start + settings.batch_size], tagger)
                 clock = stats.lap("tag", clock)
                 if in_flight is not None:
-                    created += await in_flight
+                    done, new = await in_flight
+                    stored, created = stored + done, created + new
                     clock = stats.lap("index", clock)
                 in_flight = asyncio.ensure_future(write(docs, batch))
             if in_flight is not None:
-                created += await in_flight
+                done, new = await in_flight
+                stored, created = stored + done, created + new
             if batch.rejected:
                 await send_rejected(batch.rejected)
             clock = stats.lap("index", clock)
-            if on_indexed is not None and created:
-                await on_indexed(created, events[-1])
+            # Every stored mention is counted, overwritten ones too (a batch re-read after a
+            # crash may not have been counted): the counting agent counts each id once.
+            if on_indexed is not None and stored:
+                await on_indexed(stored, events[-1])
                 stats.lap("count", clock)
-            stats.add(batch, len(created))
+            stats.add(batch, created)
 
     @app.timer(5.0)
     async def reload_taxonomy() -> None:

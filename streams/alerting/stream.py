@@ -2,13 +2,15 @@
 
 How it fits together::
 
-    index-mentions ──(new mentions of a batch)──► CountRecord deltas ──► mentions.counts
+    index-mentions ──(indexed mentions of a batch)──► CountRecord deltas ──► mentions.counts
                                                     (keyed and partitioned by topic)
     tick timer ──(per owned partition, every few seconds)──► CountRecord ticks ──┘
                                                                                  │
     count-and-detect (one per partition):                                        ▼
         delta  → windowed tables: per-window counts per topic, per topic × source,
-                 distinct authors per topic (Faust tumbling windows on the mentions' time)
+                 distinct authors per topic (Faust tumbling windows on the mentions' time);
+                 each window keeps its mention ids, so a mention is counted once however
+                 often it is indexed (a re-read batch, a retried bulk, a repeated post)
         tick   → every window that ended before (now − grace) is closed for every topic this
                  partition owns, a quiet window as a zero: detector → lifecycle → alert
                  events → the alerts topic (acked), then the series state is saved in the
@@ -40,7 +42,13 @@ from elasticsearch import AsyncElasticsearch, NotFoundError
 
 from schemas.records import Alert, AlertSample
 from streams.alerting import terms
-from streams.alerting.counting import CountRecord, count_records, partition_for, window_start
+from streams.alerting.counting import (
+    CountRecord,
+    count_records,
+    partition_for,
+    uncounted,
+    window_start,
+)
 from streams.alerting.delivery import Dispatcher, ElasticsearchDeliveryLog
 from streams.alerting.subscriptions import parse_subscriptions
 from streams.alerting.watch import AlertingConfig, Watch, series_key
@@ -128,6 +136,8 @@ class AlertingStream:
             .tumbling(self.window, expires=expires).relative_to_field(window_field)
         self.topic_authors = app.Table("topic-window-authors", default=list, partitions=self.partitions) \
             .tumbling(self.window, expires=expires).relative_to_field(window_field)
+        self.topic_ids = app.Table("topic-window-mentions", default=list, partitions=self.partitions) \
+            .tumbling(self.window, expires=expires).relative_to_field(window_field)
         self.series = app.Table("alert-series", partitions=self.partitions)
         self._max_age = expires.total_seconds() - self.window
         self._register()
@@ -150,7 +160,7 @@ class AlertingStream:
     # -- the index agent's side ----------------------------------------------------------
 
     async def on_indexed(self, docs: list[dict[str, Any]], event: Any = None) -> None:
-        """Count the batch's new mentions; wait for the broker's acks before the batch is acked."""
+        """Count the batch's mentions; wait for the broker's acks before the batch is acked."""
         futures = []
         since = time.time() - self._max_age
         for record in count_records(docs, self.window, self.topics(), since=since):
@@ -218,13 +228,24 @@ class AlertingStream:
                             "(raise EARFUL_ALERT_GRACE_SECONDS if sources deliver late)", self.late)
                 self.late = 0
 
+    def _unseen(self, record: CountRecord) -> dict[str, int]:
+        """Per source, the record's mentions not yet counted in its window (now remembered)."""
+        seen = self.topic_ids[record.topic].value() if record.ids else []
+        added, per_source = uncounted(record, seen)
+        if added:
+            self.topic_ids[record.topic] = [*seen, *added]
+        return per_source
+
     def _count(self, record: CountRecord) -> None:
         state = self.series.get(record.topic)
+        by_source = self._unseen(record)
         if state and record.window < float(state["closed_until"]):
-            self.late += record.count
+            self.late += sum(by_source.values())  # a re-read of counted mentions is not late
             return
-        self.topic_counts[record.topic] += record.count
-        for source, n in record.by_source.items():
+        if not by_source:
+            return  # every mention of it was counted before
+        self.topic_counts[record.topic] += sum(by_source.values())
+        for source, n in by_source.items():
             self.source_counts[series_key(record.topic, source)] += n
         if record.authors:
             seen = self.topic_authors[record.topic].value()

@@ -7,8 +7,8 @@ which retrying cannot fix); until then it retries with backoff, so the caller
 acknowledges Kafka records only after their mentions are safe.
 
 The bulk answer also says which documents are new (``created``) and which were
-already there (``updated``): the stream counts only the new ones, so a
-redelivered record does not inflate the counts a spike is measured on.
+already there (``updated``), for the worker's progress figures. (Alerting counts
+by mention id, so a redelivered record does not inflate a spike either way.)
 """
 
 from __future__ import annotations

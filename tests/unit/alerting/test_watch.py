@@ -8,10 +8,12 @@ import pytest
 
 from schemas.records import AlertSample
 from streams.alerting.counting import (
+    CountRecord,
     author_key,
     count_records,
     most_specific,
     partition_for,
+    uncounted,
     window_start,
 )
 from streams.alerting.watch import AlertingConfig, Watch
@@ -50,9 +52,25 @@ def test_count_records_aggregate_a_batch_per_topic_and_window() -> None:
     assert len(first.authors) == 2  # alice twice, bob once
     assert author_key("alice", "mastodon") in first.authors
     assert records[("outage", T0 + 60)].count == 1
+    assert first.ids == {"mastodon": ["m1", "m3"], "reddit": ["m2"]}
     # Mentions older than the counting tables keep are indexed, not counted.
     recent = count_records(docs, 60, PARENTS, since=T0 + 60)
     assert [(r.topic, r.window, r.count) for r in recent] == [("outage", T0 + 60, 1)]
+
+
+def test_a_mention_is_counted_once_however_often_it_is_indexed() -> None:
+    docs = [_doc(1, ["outage"]), _doc(2, ["outage"], source="reddit"), _doc(3, ["outage"])]
+    [first] = count_records(docs, 60, PARENTS)
+    added, fresh = uncounted(first, [])
+    assert sorted(added) == ["m1", "m2", "m3"] and fresh == {"mastodon": 2, "reddit": 1}
+    # The same batch re-read after a crash (counted before or not), plus one new mention.
+    [again] = count_records([*docs, _doc(4, ["outage"], source="reddit")], 60, PARENTS)
+    added, fresh = uncounted(again, ["m1", "m2", "m3"])
+    assert added == ["m4"] and fresh == {"reddit": 1}
+    assert uncounted(first, ["m1", "m2", "m3"]) == ([], {})
+    # A record of an older worker, without ids, counts as it says.
+    legacy = CountRecord(kind="delta", topic="outage", window=T0, count=2, by_source={"rss": 2})
+    assert uncounted(legacy, ["m1"]) == ([], {"rss": 2})
 
 
 def test_partitions_follow_the_producers_default_partitioner() -> None:
