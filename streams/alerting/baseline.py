@@ -151,7 +151,27 @@ def _normalise(factors: list[float]) -> None:
         factors[i] = f / mean
 
 
-class RecentWindow:
+class _LearnedDispersion:
+    """Negative-binomial dispersion of a sum of rows, learned online from how far the sums
+    strayed from their expectation (method of moments, exponentially weighted)."""
+
+    excess_var: float
+    mean_sq: float
+    #: half-life of the learning, in minutes
+    dispersion_half_life_minutes: float
+
+    def dispersion(self, fallback: float) -> float:
+        if self.mean_sq <= 0:
+            return fallback
+        return max(self.excess_var / self.mean_sq, 0.0)
+
+    def learn(self, total: float, expected: float, minutes: float) -> None:
+        a = decay(minutes, self.dispersion_half_life_minutes)
+        self.excess_var += a * ((total - expected) ** 2 - total - self.excess_var)
+        self.mean_sq += a * (expected * expected - self.mean_sq)
+
+
+class RecentWindow(_LearnedDispersion):
     """Counts and expectations over the last few minutes, for spikes that build over rows.
 
     A portal outage often shows as a sustained 3x rather than one huge minute; each
@@ -162,7 +182,7 @@ class RecentWindow:
 
     def __init__(self, minutes: float, half_life_minutes: float, state: dict[str, Any] | None = None):
         self.minutes = minutes
-        self.half_life_minutes = half_life_minutes
+        self.half_life_minutes = self.dispersion_half_life_minutes = half_life_minutes
         state = state or {}
         # (epoch seconds, value, expected) rows inside the window, oldest first.
         self.rows: list[list[float]] = [list(r) for r in state.get("rows", [])]
@@ -181,15 +201,6 @@ class RecentWindow:
             self.rows.pop(0)
         return sum(r[1] for r in self.rows), sum(r[2] for r in self.rows), len(self.rows)
 
-    def dispersion(self, fallback: float) -> float:
-        if self.mean_sq <= 0:
-            return fallback
-        return max(self.excess_var / self.mean_sq, 0.0)
-
-    def learn(self, total: float, expected: float, minutes: float) -> None:
-        a = decay(minutes, self.half_life_minutes)
-        self.excess_var += a * ((total - expected) ** 2 - total - self.excess_var)
-        self.mean_sq += a * (expected * expected - self.mean_sq)
 
 
 # Surprise levels (-log10 tail probability) at which SurpriseHistory counts exceedances:
@@ -251,7 +262,7 @@ class SurpriseHistory:
             self.above[j] = self.above[j] * keep + (1.0 if surprise >= level else 0.0)
 
 
-class RecentLevel:
+class RecentLevel(_LearnedDispersion):
     """An exponentially weighted average of the counts and of their expectations, for level shifts.
 
     A topic whose chatter doubles for an afternoon (a slow-burning outage, a story that
@@ -287,12 +298,3 @@ class RecentLevel:
             self.rows = max((2.0 - a) / a, 1.0)
         return self.value * self.rows, self.expected * self.rows
 
-    def dispersion(self, fallback: float) -> float:
-        if self.mean_sq <= 0:
-            return fallback
-        return max(self.excess_var / self.mean_sq, 0.0)
-
-    def learn(self, total: float, expected: float, minutes: float) -> None:
-        a = decay(minutes, self.dispersion_half_life_minutes)
-        self.excess_var += a * ((total - expected) ** 2 - total - self.excess_var)
-        self.mean_sq += a * (expected * expected - self.mean_sq)
