@@ -36,7 +36,8 @@ def consumer_lag(settings: Settings) -> dict[str, Any]:
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_servers, client_id="earful-status")
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_servers, client_id="earful-status")
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_servers, client_id="earful-status",
+                             enable_auto_commit=False)
     try:
         partitions = consumer.partitions_for_topic(settings.topic_raw) or set()
         tps = [TopicPartition(settings.topic_raw, p) for p in sorted(partitions)]
