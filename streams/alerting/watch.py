@@ -99,20 +99,19 @@ class Watch:
         state: Mapping[str, Any],
         topic: str,
         source: str | None,
-        windows: Iterable[tuple[float, float] | tuple[float, float, int | None]],
+        windows: Iterable[tuple[float, float, int | None]],
         now: datetime,
         evidence: Evidence,
     ) -> tuple[dict[str, Any], list[Alert]]:
-        """Feed closed windows ``(start, count[, distinct authors])`` in order; return the new state
-        and the alert events."""
+        """Feed closed windows ``(start, count, distinct authors or None)`` in order; return the new
+        state and the alert events."""
         dcfg = self.detector_cfg(topic)
         detector = Detector.from_state(dcfg, state["detector"]) if state.get("detector") else Detector(dcfg)
         tracker = AlertTracker.from_state(self.cfg.lifecycle, state.get("tracker"))
         closed_until = float(state["closed_until"])
         alerts: list[Alert] = []
         step = self.cfg.window_seconds
-        for start, value, *rest in windows:
-            authors = rest[0] if rest else None
+        for start, value, authors in windows:
             if start < closed_until:
                 continue  # closed already (a redelivered tick)
             ts = _dt(start)
