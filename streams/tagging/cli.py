@@ -155,11 +155,16 @@ def eval_(settings: Settings, path: Path, text_col: str, label_col: str, id_col:
               help="Rows to learn from; 'all' leaves nothing held out.")
 @click.option("--name", default=None, help="Model name in its version (default: the file's stem).")
 @click.option("--c", "c_value", type=float, default=None, help="Inverse regularisation strength.")
+@click.option("--embedding", type=click.Choice(["minilm"]), default=None,
+              help="Blend in a sentence-embedding tier (all-MiniLM-L6-v2, offline; slow to encode).")
+@click.option("--embedding-weight", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=None,
+              help="Share of the embedding tier in the blended probability (default 0.2).")
 @_taxonomy_opt
 @click.pass_obj
 def train(settings: Settings, labelled: Path, text_col: str, label_col: str, output: Path,
           id_col: str | None, label_sep: str | None, split: dataset.Split, name: str | None,
-          c_value: float | None, taxonomy: Path | None) -> None:
+          c_value: float | None, embedding: str | None, embedding_weight: float | None,
+          taxonomy: Path | None) -> None:
     """Train the learned tier from labelled posts, for the topics of a taxonomy."""
     tax_path = taxonomy or settings.taxonomy
     try:
@@ -186,7 +191,15 @@ def train(settings: Settings, labelled: Path, text_col: str, label_col: str, out
         )
     if all_labels - known:
         click.echo(f"labels not in the taxonomy (negatives): {', '.join(sorted(all_labels - known))}", err=True)
-    params = {"C": c_value} if c_value is not None else None
+    if embedding_weight is not None and not embedding:
+        raise click.UsageError("--embedding-weight needs --embedding")
+    params: dict[str, Any] = {}
+    if c_value is not None:
+        params["C"] = c_value
+    if embedding:
+        params["embedding"] = embedding
+    if embedding_weight is not None:
+        params["embedding_weight"] = embedding_weight
     try:
         model = model_mod.train(
             texts, labels, sorted(all_labels & known), rule_hits=hits, taxonomy=tax.name,

@@ -17,6 +17,12 @@ Two shapes, chosen from the labels (``params["exclusive"]``, default ``"auto"``)
   every label plus "no label";
 - otherwise one binary regression per topic (one-vs-rest).
 
+Optionally (``params["embedding"]``), a second pipeline of the same shape reads sentence
+embeddings (all-MiniLM-L6-v2, see :mod:`streams.tagging.encoder`) instead of TF-IDF, and
+the model's probability is the weighted mean of the two (``embedding_weight`` for the
+embeddings). It costs tens of posts per second per core to encode, so it suits
+backtests and moderate streams; the TF-IDF tier alone runs at thousands per second.
+
 Each topic gets its own threshold, chosen on cross-validated predictions over the
 training rows only, for the decision the tagger actually makes ("a rule matched, or the
 model's probability is at or above the threshold"), so the threshold accounts for what
@@ -63,7 +69,7 @@ class ModelMeta:
 
 @dataclass(frozen=True)
 class TopicModel:
-    pipeline: Any  # sklearn Pipeline: features -> OneVsRestClassifier
+    pipeline: Any  # sklearn Pipeline (features -> classifier), or a Blend of two
     meta: ModelMeta
 
     @property
@@ -104,6 +110,17 @@ def load(path: Path) -> TopicModel:
         raise ModelError(f"{path}: not an earful model (format {FORMAT})")
     meta = dict(blob["meta"])
     meta["topics"] = tuple(meta["topics"])
+    params = meta.get("params") or {}
+    if params.get("embedding"):  # fail now, not on the first post
+        from streams.tagging import encoder
+
+        try:
+            installed = encoder.load(params["embedding"]).fingerprint
+        except encoder.EncoderError as exc:
+            raise ModelError(f"{path}: {exc}") from exc
+        if installed != params.get("embedding_fingerprint"):
+            raise ModelError(f"{path} was trained with sentence encoder {params.get('embedding_fingerprint')}, "
+                             f"but {installed} is installed: {encoder.INSTALL_HINT}, or retrain")
     return TopicModel(blob["pipeline"], ModelMeta(**meta))
 
 
@@ -116,6 +133,10 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "exclusive": "auto",
     "gated": True,  # exclusive labels: "any label?" gate x reasons among labelled posts
     "gate_C": 4.0,
+    # Optional sentence-embedding tier (streams.tagging.encoder): None, or an encoder name.
+    "embedding": None,
+    "embedding_weight": 0.2,  # its share of the blended probability (airline train CV: 0.2 > 0.3 > 0.4)
+    "embedding_C": 4.0,
 }
 NO_LABEL = ""  # the class of a post without a label, in the exclusive shape
 
@@ -182,10 +203,50 @@ class GatedClassifier:
         return np.asarray(self.classes_[np.argmax(self.predict_proba(X), axis=1)])
 
 
-def _pipeline(params: dict[str, Any], exclusive: bool = False) -> Any:
-    from sklearn.feature_extraction.text import TfidfVectorizer
+class Blend:
+    """The weighted mean of the probabilities of pipelines fitted on the same labels.
+
+    The TF-IDF pipeline sees the words a post uses; the sentence-embedding pipeline sees
+    what it means, so a paraphrase with none of the training words still scores. Their
+    errors differ: on the airline posts, the blend beat the TF-IDF model alone on every
+    cross-validation seed tried.
+    """
+
+    def __init__(self, members: Sequence[tuple[str, Any, float]]) -> None:
+        self.members = list(members)
+
+    def fit(self, X: Any, y: Any) -> Blend:
+        classes = None
+        for name, estimator, _weight in self.members:
+            estimator.fit(X, y)
+            mine = np.asarray(estimator.classes_)
+            if classes is not None and not np.array_equal(mine, classes):
+                raise ModelError(f"blend member {name} learned other classes")
+            classes = mine
+        self.classes_ = classes
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        total = sum(weight for _name, _estimator, weight in self.members)
+        return sum(weight / total * np.asarray(estimator.predict_proba(X))
+                   for _name, estimator, weight in self.members)
+
+
+def _classifier(params: dict[str, Any], exclusive: bool, C: float, gate_C: float) -> Any:
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
+
+    if exclusive and params["gated"]:
+        return GatedClassifier(C=C, gate_C=gate_C, class_weight=params["class_weight"])
+    if exclusive:
+        return LogisticRegression(C=C, class_weight=params["class_weight"], max_iter=3000)
+    return OneVsRestClassifier(
+        LogisticRegression(C=C, class_weight=params["class_weight"], max_iter=2000, solver="liblinear")
+    )
+
+
+def _pipeline(params: dict[str, Any], exclusive: bool = False) -> Any:
+    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.pipeline import FeatureUnion, Pipeline
 
     features = FeatureUnion(
@@ -196,16 +257,16 @@ def _pipeline(params: dict[str, Any], exclusive: bool = False) -> Any:
                                      max_features=params["char_max_features"], dtype=np.float32)),
         ]
     )
-    clf: Any
-    if exclusive and params["gated"]:
-        clf = GatedClassifier(C=params["C"], gate_C=params["gate_C"], class_weight=params["class_weight"])
-    elif exclusive:
-        clf = LogisticRegression(C=params["C"], class_weight=params["class_weight"], max_iter=3000)
-    else:
-        clf = OneVsRestClassifier(
-            LogisticRegression(C=params["C"], class_weight=params["class_weight"], max_iter=2000, solver="liblinear")
-        )
-    return Pipeline([("features", features), ("clf", clf)])
+    words = Pipeline([("features", features),
+                      ("clf", _classifier(params, exclusive, params["C"], params["gate_C"]))])
+    if not params.get("embedding"):
+        return words
+    from streams.tagging.encoder import SentenceEmbedding
+
+    meaning = Pipeline([("embed", SentenceEmbedding(params["embedding"])),
+                        ("clf", _classifier(params, exclusive, params["embedding_C"], params["embedding_C"]))])
+    weight = float(params["embedding_weight"])
+    return Blend([("tfidf", words, 1.0 - weight), ("embedding", meaning, weight)])
 
 
 def _best_threshold(y: np.ndarray, prob: np.ndarray, ruled: np.ndarray) -> float:
@@ -219,6 +280,30 @@ def _best_threshold(y: np.ndarray, prob: np.ndarray, ruled: np.ndarray) -> float
         if f1 > best_f1:
             best_t, best_f1 = float(round(t, 3)), f1
     return best_t
+
+
+def _encode_ahead(texts: Sequence[str], name: str, say: Callable[[str], None]) -> str:
+    """Encode every training text once, up front, with progress: the folds then hit the cache."""
+    from streams.tagging import encoder
+
+    try:
+        enc = encoder.load(name)
+    except encoder.EncoderError as exc:
+        raise ModelError(str(exc)) from exc
+    unique = len(set(texts))
+    say(f"encoding {unique} distinct texts with {enc.fingerprint} (the slow part: tens per second per core)")
+    done, step = 0, max(500, unique // 10)
+    shown = 0
+
+    def tick(n: int) -> None:
+        nonlocal done, shown
+        done += n
+        if done - shown >= step or done == unique:
+            shown = done
+            say(f"  encoded {done}/{unique}")
+
+    enc.encode(texts, progress=tick)
+    return enc.fingerprint
 
 
 def train(
@@ -263,8 +348,11 @@ def train(
         shape = "a gate times one multinomial model" if p["gated"] else "one multinomial model"
     else:
         shape = "one model per topic"
-    say(f"cross-validating {len(texts)} examples, {len(topics)} topics, {shape}")
     texts = list(texts)
+    if p["embedding"]:
+        p["embedding_fingerprint"] = _encode_ahead(texts, p["embedding"], say)
+        shape += f", blended with sentence embeddings ({p['embedding_weight']:g})"
+    say(f"cross-validating {len(texts)} examples, {len(topics)} topics, {shape}")
     cv_prob = np.zeros((len(texts), len(topics)))
     for fit_rows, held_rows in folds.split(texts, target):
         fold = _pipeline(p, p["exclusive"]).fit([texts[i] for i in fit_rows], target[fit_rows])

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import joblib
 import numpy as np
 import orjson
 import pytest
 from click.testing import CliRunner
 
 from streams.cli import cli
-from streams.tagging import Tagger, dataset, evaluate
+from streams.tagging import Tagger, dataset, encoder, evaluate
 from streams.tagging import model as model_mod
 from streams.tagging import taxonomy as taxonomy_mod
 from streams.tagging.normalize import normalize
@@ -44,14 +47,15 @@ TOY_ROWS = [
 ]
 
 
-def _toy_model(tmp_path: Path) -> tuple[Path, Path]:
+def _toy_model(tmp_path: Path, progress: Callable[[str], None] | None = None,
+               **params: Any) -> tuple[Path, Path]:
     tax_path = tmp_path / "toy.yaml"
     tax_path.write_bytes(TOY)
     tax = taxonomy_mod.load(tax_path)
     texts = [normalize(t).for_model() for t, _ in TOY_ROWS * 3]
     labels = [frozenset([lab]) if lab else frozenset() for _, lab in TOY_ROWS * 3]
     model = model_mod.train(texts, labels, ["refund", "outage"], taxonomy=tax.name, taxonomy_hash=tax.content_hash,
-                            name="toy", params={"cv_folds": 3, "C": 4.0})
+                            name="toy", params={"cv_folds": 3, "C": 4.0, **params}, progress=progress)
     out = tmp_path / "models" / "toy.joblib"
     model.save(out)
     return tax_path, out
@@ -252,3 +256,36 @@ def test_a_model_trained_on_real_complaints_beats_the_rules_on_held_out_posts(
     f1_model = evaluate.macro_f1(evaluate.score([r.tags for r in with_model.tag_many(texts)], gold, topics))
     f1_rules = evaluate.macro_f1(evaluate.score([r.tags for r in rules_only.tag_many(texts)], gold, topics))
     assert f1_model > f1_rules + 0.1, (f1_model, f1_rules)
+
+
+def _blended_model(tmp_path: Path) -> tuple[Path, Path]:
+    said: list[str] = []
+    tax_path, out = _toy_model(tmp_path, said.append, embedding="minilm")
+    assert any(line.startswith("encoding 12 distinct texts") for line in said)
+    return tax_path, out
+
+
+def test_a_blended_model_round_trips_small_and_tags_a_paraphrase(tmp_path: Path) -> None:
+    tax_path, out = _blended_model(tmp_path)
+    loaded = model_mod.load(out)
+    assert loaded.meta.params["embedding"] == "minilm"
+    assert loaded.meta.params["embedding_fingerprint"] == encoder.load("minilm").fingerprint
+    assert out.stat().st_size < 5_000_000  # the encoder's 90 MB of weights are not in the file
+    [words, meaning] = [member for _name, member, _weight in loaded.pipeline.members]
+    post = normalize("the government site just will not load for me").for_model()
+    blended = loaded.predict_one(post)
+    w = loaded.meta.params["embedding_weight"]
+    for topic, column in (("outage", 1), ("refund", 2)):  # classes: no label, outage, refund
+        expected = (1 - w) * words.predict_proba([post])[0, column] + w * meaning.predict_proba([post])[0, column]
+        assert blended[topic] == pytest.approx(expected)
+    assert Tagger.load(tax_path, out, enrich=False).tag("the government site just will not load for me").tags \
+        == ["outage"]
+
+
+def test_a_blended_model_will_not_load_beside_other_encoder_weights(tmp_path: Path) -> None:
+    _tax_path, out = _blended_model(tmp_path)
+    blob = joblib.load(out)
+    blob["meta"]["params"]["embedding_fingerprint"] = "all-MiniLM-L6-v2@000000000000"
+    joblib.dump(blob, out)
+    with pytest.raises(model_mod.ModelError, match="was trained with sentence encoder"):
+        model_mod.load(out)
