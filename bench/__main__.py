@@ -20,13 +20,15 @@ def _print(title: str, figures: dict[str, float]) -> None:
 
 def main() -> None:
     for module, title in (("bench.bench_tagging", "tagging (one core)"),
+                          ("bench.bench_model", "learned tier"),
                           ("bench.bench_detector", "spike detector")):
         try:
             figures = importlib.import_module(module).run()
         except ModuleNotFoundError as exc:
             print(f"== {title}: not measured ({exc})")
             continue
-        _print(title, figures)
+        if figures:
+            _print(title, figures)
 
     from bench import pipeline
 
