@@ -36,6 +36,26 @@ _HIDDEN, _HEADS, _LAYERS, _EPS = 384, 12, 6, 1e-12
 _MAX_TOKENS = 128  # tweets and posts are far shorter; the model was trained on up to 128
 
 
+def _gelu(x: np.ndarray) -> np.ndarray:
+    """Exact GELU, x * Phi(x), in place, float32.
+
+    erf by Abramowitz and Stegun 7.1.26 (error under 1e-6, float32's own rounding):
+    twice as fast as scipy's erf on float32, which was a third of the encoder's time.
+    """
+    z = np.abs(x) * np.float32(1 / math.sqrt(2.0))
+    t = 1.0 / (1.0 + 0.3275911 * z)
+    poly = ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t
+    np.multiply(z, z, out=z)
+    np.negative(z, out=z)
+    np.exp(z, out=z)
+    np.multiply(poly, z, out=poly)  # poly = 1 - erf(|x| / sqrt 2)
+    erf = np.subtract(1.0, poly, out=poly)
+    np.copysign(erf, x, out=erf)
+    erf += 1.0
+    erf *= 0.5
+    return np.multiply(x, erf, out=x)
+
+
 class EncoderError(RuntimeError):
     """The sentence encoder's weights are missing or are not the ones a model was trained with."""
 
@@ -78,7 +98,9 @@ class MiniLM:
 
     def _dense(self, x: np.ndarray, name: str) -> np.ndarray:
         weight, bias = self._linear[name]
-        return x @ weight + bias
+        # One (batch x tokens, in) @ (in, out) product: a 3-D matmul would run one small
+        # product per post.
+        return (x.reshape(-1, x.shape[-1]) @ weight + bias).reshape(*x.shape[:-1], weight.shape[1])
 
     @staticmethod
     def _norm(x: np.ndarray, gain: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -87,8 +109,6 @@ class MiniLM:
         return (x - mean) / np.sqrt(var + _EPS) * gain + bias
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        from scipy.special import erf
-
         w, dense, norm = self._w, self._dense, self._norm
         batch, length = ids.shape
         head = _HIDDEN // _HEADS
@@ -108,8 +128,7 @@ class MiniLM:
             ctx = (attn @ v).transpose(0, 2, 1, 3).reshape(batch, length, _HIDDEN)
             x = norm(dense(ctx, p + "attention.output.dense") + x,
                      w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"])
-            mid = dense(x, p + "intermediate.dense")
-            mid = (0.5 * mid * (1.0 + erf(mid / math.sqrt(2.0)))).astype(np.float32)  # exact GELU
+            mid = _gelu(dense(x, p + "intermediate.dense"))
             x = norm(dense(mid, p + "output.dense") + x, w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"])
         m = mask[..., None]
         pooled = (x * m).sum(1) / np.clip(m.sum(1), 1e-9, None)
