@@ -265,7 +265,7 @@ def _blended_model(tmp_path: Path) -> tuple[Path, Path]:
     return tax_path, out
 
 
-def test_a_blended_model_round_trips_small_and_tags_a_paraphrase(tmp_path: Path) -> None:
+def test_a_blended_model_round_trips_small_and_scores_the_mean_of_its_two_members(tmp_path: Path) -> None:
     tax_path, out = _blended_model(tmp_path)
     loaded = model_mod.load(out)
     assert loaded.meta.params["embedding"] == "minilm"
