@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import orjson
@@ -267,11 +267,22 @@ class HttpConnector(Connector):
         await self.client.aclose()
 
 
+class BearerConfig(Protocol):
+    """What a bearer-token connector reads of its source's config (XConfig, FacebookConfig)."""
+
+    name: str
+    base_url: str
+    poll_interval: float
+    timeout: float
+
+    def bearer(self, field: str = "token") -> tuple[dict[str, str], str | None]: ...
+
+
 class BearerConnector(HttpConnector):
     """An HTTP connector authorised by the bearer token of its config's ``token`` secret
     (X, Facebook): the config says the base URL, poll interval and timeout."""
 
-    def __init__(self, config: Any, **kwargs: Any) -> None:
+    def __init__(self, config: BearerConfig, **kwargs: Any) -> None:
         headers, credential = config.bearer()
         super().__init__(config.name, config.base_url, poll_interval=config.poll_interval,
                          timeout=config.timeout, headers=headers, **kwargs)
