@@ -56,7 +56,7 @@ def run(limit: int = 2_000) -> dict[str, float]:
     words.predict_proba(posts[:8])  # warm up
     figures["tfidf posts/s"] = _rate(words.predict_proba, posts)
     if members:
-        encoder.load(model.meta.params["embedding"])._cache.clear()
+        encoder.load(model.meta.params["embedding"]).clear_cache()
         figures["blended posts/s"] = _rate(model.predict, posts)
     print(f"learned tier {model.version} over {len(posts)} distinct airline posts, one process")
     for name, value in figures.items():

@@ -113,12 +113,14 @@ def register(app: faust.App, settings: Settings, tagger: pipeline.TaggerLike, si
                 clock = stats.lap("tag", clock)
                 if in_flight is not None:
                     done, new = await in_flight
-                    stored, created = stored + done, created + new
+                    stored.extend(done)
+                    created += new
                     clock = stats.lap("index", clock)
                 in_flight = asyncio.ensure_future(write(docs, batch))
             if in_flight is not None:
                 done, new = await in_flight
-                stored, created = stored + done, created + new
+                stored.extend(done)
+                created += new
             if batch.rejected:
                 await send_rejected(batch.rejected)
             clock = stats.lap("index", clock)

@@ -202,7 +202,6 @@ class RecentWindow(_LearnedDispersion):
         return sum(r[1] for r in self.rows), sum(r[2] for r in self.rows), len(self.rows)
 
 
-
 # Surprise levels (-log10 tail probability) at which SurpriseHistory counts exceedances:
 # 0.5 to 50,000 in steps of 10^(1/8), fine enough to interpolate between.
 SURPRISE_LEVELS: tuple[float, ...] = tuple(0.5 * 10 ** (j / 8) for j in range(41))
@@ -297,4 +296,3 @@ class RecentLevel(_LearnedDispersion):
             self.expected += a * (expected - self.expected)
             self.rows = max((2.0 - a) / a, 1.0)
         return self.value * self.rows, self.expected * self.rows
-
