@@ -10,7 +10,8 @@ How it fits together::
         delta  → windowed tables: per-window counts per topic, per topic × source,
                  distinct authors per topic (Faust tumbling windows on the mentions' time);
                  each window keeps its mention ids, so a mention is counted once however
-                 often it is indexed (a re-read batch, a retried bulk, a repeated post)
+                 often it is indexed (a re-read batch, a retried bulk, a repeated post);
+                 ids and authors are sets whose changelogs take only what each record adds
         tick   → every window that ended before (now − grace) is closed for every topic this
                  partition owns, a quiet window as a zero: detector → lifecycle → alert
                  events → the alerts topic (acked), then the series state is saved in the
@@ -52,6 +53,7 @@ from streams.alerting.counting import (
 from streams.alerting.delivery import Dispatcher, ElasticsearchDeliveryLog
 from streams.alerting.subscriptions import parse_subscriptions
 from streams.alerting.watch import AlertingConfig, Watch, series_key
+from streams.alerting.windowsets import WindowedSet
 from streams.settings import Settings, es_client_kwargs
 from streams.sinks.elasticsearch import make_client
 
@@ -134,10 +136,9 @@ class AlertingStream:
             .tumbling(self.window, expires=expires).relative_to_field(window_field)
         self.source_counts = app.Table("topic-source-window-counts", default=int, partitions=self.partitions) \
             .tumbling(self.window, expires=expires).relative_to_field(window_field)
-        self.topic_authors = app.Table("topic-window-authors", default=list, partitions=self.partitions) \
-            .tumbling(self.window, expires=expires).relative_to_field(window_field)
-        self.topic_ids = app.Table("topic-window-mentions", default=list, partitions=self.partitions) \
-            .tumbling(self.window, expires=expires).relative_to_field(window_field)
+        sets = {"window": self.window, "expires": expires, "field": window_field, "partitions": self.partitions}
+        self.topic_authors = WindowedSet(app, "topic-window-author-set", **sets)
+        self.topic_ids = WindowedSet(app, "topic-window-mention-set", **sets)
         self.series = app.Table("alert-series", partitions=self.partitions)
         self._max_age = expires.total_seconds() - self.window
         self._register()
@@ -230,10 +231,10 @@ class AlertingStream:
 
     def _unseen(self, record: CountRecord) -> dict[str, int]:
         """Per source, the record's mentions not yet counted in its window (now remembered)."""
-        seen = self.topic_ids[record.topic].value() if record.ids else []
+        seen = self.topic_ids.members(record.topic) if record.ids else set()
         added, per_source = uncounted(record, seen)
         if added:
-            self.topic_ids[record.topic] = [*seen, *added]
+            self.topic_ids.add(record.topic, added, known=seen)
         return per_source
 
     def _count(self, record: CountRecord) -> None:
@@ -248,10 +249,7 @@ class AlertingStream:
         for source, n in by_source.items():
             self.source_counts[series_key(record.topic, source)] += n
         if record.authors:
-            seen = self.topic_authors[record.topic].value()
-            merged = sorted(set(seen) | set(record.authors))
-            if len(merged) != len(seen):
-                self.topic_authors[record.topic] = merged
+            self.topic_authors.add(record.topic, record.authors)
         sources = set(state.get("sources", ())) if state else set()
         if state is not None and not sources.issuperset(record.by_source):
             self.series[record.topic] = {**state, "sources": sorted(sources | set(record.by_source))}
@@ -264,7 +262,7 @@ class AlertingStream:
         return float(table.relative_to(start + self.window / 2)[key].value() or 0)
 
     def _authors(self, topic: str, start: float) -> int:
-        return len(self.topic_authors.relative_to(start + self.window / 2)[topic].value() or ())
+        return self.topic_authors.size(topic, start)
 
     async def _close(self, partition: int, tick: CountRecord) -> None:
         horizon = window_start(tick.until, self.window)
