@@ -23,7 +23,7 @@ import faust
 from schemas import Rejected
 from streams import pipeline
 from streams.settings import Settings
-from streams.sinks.elasticsearch import ElasticsearchSink
+from streams.sinks.elasticsearch import ElasticsearchSink, WriteAbandoned
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,21 @@ class Throughput:
             self._last_log, self._last_mentions = now, self.mentions
 
 
+def hold(events: list[Any]) -> None:
+    """Keep the records of a batch that was not stored from ever being committed.
+
+    ``take_events`` acknowledges every event of a batch when the body that handled it exits,
+    by an exception or a cancellation too, and the consumer then commits past them: a batch
+    lost. A message already marked acknowledged is skipped by that acknowledgement and never
+    reaches the consumer's list of committable offsets, so commits on its partition stop
+    before it and whoever reads the partition next (this worker after a restart, another
+    after a rebalance) reads it again. It also lets a stop or a rebalance, which wait for
+    unacknowledged messages, go ahead.
+    """
+    for event in events:
+        event.message.acked = True
+
+
 def register(app: faust.App, settings: Settings, tagger: pipeline.TaggerLike, sink: ElasticsearchSink,
              on_indexed: OnIndexed | None = None) -> Throughput:
     raw = app.topic(settings.topic_raw, value_serializer="raw", key_serializer="raw",
@@ -87,7 +102,7 @@ def register(app: faust.App, settings: Settings, tagger: pipeline.TaggerLike, si
     async def write(docs: list[dict[str, Any]], batch: pipeline.Batch) -> tuple[list[dict[str, Any]], int]:
         """Index a slice: the documents stored (new or overwritten) and how many were new; what
         the search server refuses joins the batch's rejections."""
-        result = await sink.write(docs)
+        result = await sink.write(docs, abandon=lambda: bool(app.should_stop or app.rebalancing))
         if not result.refused:
             return docs, len(result.created)
         by_id = {d["id"]: d for d in docs}
@@ -96,18 +111,18 @@ def register(app: faust.App, settings: Settings, tagger: pipeline.TaggerLike, si
         refused = {doc_id for doc_id, _ in result.refused}
         return [d for d in docs if d["id"] not in refused], len(result.created)
 
-    @app.agent(raw, name="index-mentions", concurrency=settings.worker_concurrency)
-    async def index_mentions(stream: faust.StreamT[Any]) -> None:
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
-            records = [pipeline.RawRecord(e.value, e.message.topic, e.message.partition, e.message.offset)
-                       for e in events]
-            # CPU work runs in a thread so the event loop keeps the bulk request of the previous
-            # slice (and the consumer's fetches and heartbeats) moving while the next is tagged.
-            clock = time.perf_counter()
-            batch, mentions = await asyncio.to_thread(pipeline.prepare, records)
-            stored: list[dict[str, Any]] = []
-            created = 0
-            in_flight: asyncio.Future[tuple[list[dict[str, Any]], int]] | None = None
+    async def store(events: list[Any]) -> None:
+        """Index a batch, send its rejections, count it: everything before it may be acked."""
+        records = [pipeline.RawRecord(e.value, e.message.topic, e.message.partition, e.message.offset)
+                   for e in events]
+        # CPU work runs in a thread so the event loop keeps the bulk request of the previous
+        # slice (and the consumer's fetches and heartbeats) moving while the next is tagged.
+        clock = time.perf_counter()
+        batch, mentions = await asyncio.to_thread(pipeline.prepare, records)
+        stored: list[dict[str, Any]] = []
+        created = 0
+        in_flight: asyncio.Future[tuple[list[dict[str, Any]], int]] | None = None
+        try:
             for start in range(0, len(mentions), settings.batch_size):
                 docs = await asyncio.to_thread(pipeline.tag, mentions[start:start + settings.batch_size], tagger)
                 clock = stats.lap("tag", clock)
@@ -121,15 +136,35 @@ def register(app: faust.App, settings: Settings, tagger: pipeline.TaggerLike, si
                 done, new = await in_flight
                 stored.extend(done)
                 created += new
-            if batch.rejected:
-                await send_rejected(batch.rejected)
-            clock = stats.lap("index", clock)
-            # Every stored mention is counted, overwritten ones too (a batch re-read after a
-            # crash may not have been counted): the counting agent counts each id once.
-            if on_indexed is not None and stored:
-                await on_indexed(stored, events[-1])
-                stats.lap("count", clock)
-            stats.add(batch, created)
+        finally:
+            if in_flight is not None and not in_flight.done():
+                in_flight.cancel()
+        if batch.rejected:
+            await send_rejected(batch.rejected)
+        clock = stats.lap("index", clock)
+        # Every stored mention is counted, overwritten ones too (a batch re-read after a
+        # crash may not have been counted): the counting agent counts each id once.
+        if on_indexed is not None and stored:
+            await on_indexed(stored, events[-1])
+            stats.lap("count", clock)
+        stats.add(batch, created)
+
+    @app.agent(raw, name="index-mentions", concurrency=settings.worker_concurrency)
+    async def index_mentions(stream: faust.StreamT[Any]) -> None:
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
+            try:
+                await store(events)
+            except WriteAbandoned:
+                hold(events)
+                log.warning("the worker is stopping or handing over partitions while the search server "
+                            "refuses writes: %d records left unacknowledged, to be read again", len(events))
+            except asyncio.CancelledError:
+                hold(events)  # the worker is stopping in the middle of the batch
+                raise
+            except Exception:
+                hold(events)
+                log.exception("a batch of %d records could not be stored: left unacknowledged, to be read "
+                              "again when the worker restarts or partitions move", len(events))
 
     @app.timer(5.0)
     async def reload_taxonomy() -> None:

@@ -4,7 +4,10 @@ The document id is the mention id, so a replay, a retry or a redelivered Kafka
 record overwrites instead of duplicating. ``write`` returns only once every
 document is either stored or refused for a reason of its own (a mapping error,
 which retrying cannot fix); until then it retries with backoff, so the caller
-acknowledges Kafka records only after their mentions are safe.
+acknowledges Kafka records only after their mentions are safe. A whole request
+refused (an overloaded cluster's 429 or 503, an expired API key's 401) is retried
+the same way, and logged as an error when it is about credentials; a request the
+server finds too large is split.
 
 The bulk answer also says which documents are new (``created``) and which were
 already there (``updated``), for the worker's progress figures. (Alerting counts
@@ -16,18 +19,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from elasticsearch import AsyncElasticsearch, ConnectionTimeout, TransportError
+from elasticsearch import ApiError, AsyncElasticsearch, ConnectionTimeout, TransportError
 from elasticsearch import ConnectionError as ESConnectionError
 
 log = logging.getLogger(__name__)
 
 #: per-item statuses that a later attempt may fix
 RETRIABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class WriteAbandoned(Exception):
+    """The write gave up between retries because its caller is going away."""
 
 
 @dataclass
@@ -48,28 +56,57 @@ def make_client(es_kwargs: dict[str, Any]) -> AsyncElasticsearch:
         return AsyncElasticsearch(**es_kwargs)
 
 
+def _refusal(exc: ApiError) -> str:
+    """What an operator should read when the search server refuses a whole bulk request."""
+    status = exc.status_code
+    if status in (401, 403):
+        return (f"the search server refused the worker's credentials ({status} {exc.message}): check "
+                "EARFUL_ES_API_KEY or EARFUL_ES_USERNAME/EARFUL_ES_PASSWORD and the key's index "
+                "privileges; the batch is held and retried")
+    return f"the search server refused the bulk request ({status} {exc.message}); the batch is held and retried"
+
+
 class ElasticsearchSink:
-    def __init__(self, client: AsyncElasticsearch, index: str, *, max_backoff: float = 30.0) -> None:
+    def __init__(self, client: AsyncElasticsearch, index: str, *, max_backoff: float = 30.0,
+                 max_docs: int = 5000) -> None:
         self.client = client
         self.index = index
         self.max_backoff = max_backoff
+        #: documents per bulk request; halved when the search server says a request is too large
+        self.max_docs = max_docs
 
-    async def write(self, docs: Sequence[dict[str, Any]]) -> WriteResult:
-        """Index ``docs`` (each with an ``id``); retry until each is stored or refused."""
+    async def write(self, docs: Sequence[dict[str, Any]],
+                    abandon: Callable[[], bool] | None = None) -> WriteResult:
+        """Index ``docs`` (each with an ``id``); retry until each is stored or refused.
+
+        ``abandon`` is asked before each retry: when it says so (the worker is stopping), the
+        write raises ``WriteAbandoned`` and the caller must not acknowledge the batch.
+        """
         result = WriteResult()
         pending = {doc["id"]: orjson.dumps(doc) for doc in docs}  # last copy of an id wins
         failures = 0
         while pending:
+            if failures and abandon is not None and abandon():
+                raise WriteAbandoned(f"{len(pending)} documents not stored")
             result.attempts += 1
             try:
                 items = await self._bulk(pending)
             except (ESConnectionError, ConnectionTimeout) as exc:
                 failures += 1
-                await self._pause(failures, f"search server unreachable: {exc}")
+                await self._pause(failures, f"search server unreachable: {exc}", abandon)
                 continue
             except TransportError as exc:
                 failures += 1
-                await self._pause(failures, f"bulk request failed: {exc}")
+                await self._pause(failures, f"bulk request failed: {exc}", abandon)
+                continue
+            except ApiError as exc:  # the whole request refused: overloaded, credentials, too large
+                failures += 1
+                if exc.status_code == 413 and self.max_docs > 1:
+                    self.max_docs = max(1, min(self.max_docs, len(pending)) // 2)
+                    log.warning("bulk request too large for the search server: sending at most %d "
+                                "documents per request", self.max_docs)
+                    continue
+                await self._pause(failures, _refusal(exc), abandon, error=exc.status_code in (401, 403))
                 continue
             retry: dict[str, bytes] = {}
             for item in items:
@@ -86,24 +123,43 @@ class ElasticsearchSink:
                     result.refused.append((doc_id, reason))
             if retry:
                 failures += 1
-                await self._pause(failures, f"{len(retry)} documents throttled or failed; retrying")
+                await self._pause(failures, f"{len(retry)} documents throttled or failed; retrying", abandon)
             pending = retry
         return result
 
     async def _bulk(self, pending: dict[str, bytes]) -> list[dict[str, Any]]:
+        """One bulk request per ``max_docs`` documents; their items in order."""
         action = b'{"index":{"_index":' + orjson.dumps(self.index) + b',"_id":'
-        operations: list[bytes] = []
-        for doc_id, body in pending.items():
-            operations.append(action + orjson.dumps(doc_id) + b"}}")
-            operations.append(body)
-        response = await self.client.bulk(operations=operations, refresh=False)
-        return list(response["items"])
+        ids = list(pending)
+        items: list[dict[str, Any]] = []
+        for start in range(0, len(ids), self.max_docs):
+            operations: list[bytes] = []
+            for doc_id in ids[start:start + self.max_docs]:
+                operations.append(action + orjson.dumps(doc_id) + b"}}")
+                operations.append(pending[doc_id])
+            try:
+                response = await self.client.bulk(operations=operations, refresh=False)
+            except ApiError as exc:
+                if exc.status_code != 413 or len(operations) > 2:
+                    raise
+                # One document alone is larger than the server takes: a refusal of its own.
+                items.append({"index": {"_id": ids[start], "status": 413, "error": {
+                    "type": "request_too_large", "reason": "the document alone exceeds the request size limit"}}})
+                continue
+            items.extend(response["items"])
+        return items
 
-    async def _pause(self, failures: int, message: str) -> None:
+    async def _pause(self, failures: int, message: str, abandon: Callable[[], bool] | None = None, *,
+                     error: bool = False) -> None:
         delay = random.uniform(0.5, 1.0) * min(self.max_backoff, 0.2 * 2 ** min(failures, 10))
         if failures == 1 or failures % 10 == 0:
-            log.warning("%s (attempt %d, next in %.1fs)", message, failures, delay)
-        await asyncio.sleep(delay)
+            log.log(logging.ERROR if error else logging.WARNING, "%s (attempt %d, next in %.1fs)",
+                    message, failures, delay)
+        deadline = time.monotonic() + delay
+        while (left := deadline - time.monotonic()) > 0:
+            if abandon is not None and abandon():
+                return  # the next turn of the loop raises WriteAbandoned
+            await asyncio.sleep(min(left, 0.5))
 
     async def close(self) -> None:
         await self.client.close()

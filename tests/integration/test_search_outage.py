@@ -1,0 +1,160 @@
+"""The search server refuses the worker's bulk requests for a while: nothing is lost.
+
+The worker talks to Elasticsearch through a small proxy that forwards every request, except
+that it can answer the bulk requests itself with an error status, as a cluster does when it is
+overloaded (503, 429) or when the worker's API key has expired (401).
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from kafka import KafkaProducer
+
+from schemas import Mention
+from tests.integration.conftest import Stack, wait_for
+
+
+class FaultyProxy:
+    """Forwards HTTP to the search server; while ``refuse`` is a status, bulk requests get it."""
+
+    def __init__(self, upstream: str) -> None:
+        parts = urlsplit(upstream)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 9200
+        self.refuse: int | None = None
+        self.refused = 0
+        self.lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with proxy.lock:
+                    status = proxy.refuse if "_bulk" in self.path else None
+                    if status is not None:
+                        proxy.refused += 1
+                if status is not None:
+                    payload = (b'{"error":{"type":"refused_by_test","reason":"bulk refused"},"status":%d}'
+                               % status)
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("X-Elastic-Product", "Elasticsearch")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                upstream = http.client.HTTPConnection(proxy.host, proxy.port, timeout=60)
+                try:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                    upstream.request(self.command, self.path, body=body or None, headers=headers)
+                    response = upstream.getresponse()
+                    data = response.read()
+                    self.send_response(response.status)
+                    for key, value in response.getheaders():
+                        if key.lower() not in ("content-length", "transfer-encoding", "connection"):
+                            self.send_header(key, value)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(data)
+                finally:
+                    upstream.close()
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _forward  # noqa: N815 - http.server API
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler
+
+    def refused_so_far(self) -> int:
+        with self.lock:
+            return self.refused
+
+    def set_refuse(self, status: int | None) -> None:
+        with self.lock:
+            self.refuse = status
+
+    def __enter__(self) -> FaultyProxy:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def proxy(stack: Stack) -> Iterator[FaultyProxy]:
+    with FaultyProxy(stack.settings.es_url) as p:
+        yield p
+
+
+def _send(stack: Stack, tag: str, n: int) -> set[str]:
+    now = datetime.now(UTC)
+    mentions = [Mention.build(source="mastodon", native_id=f"{tag}-{i}", created_at=now,
+                              text=f"myGov is down again, can't lodge ({tag} {i})") for i in range(n)]
+    producer = KafkaProducer(bootstrap_servers=stack.settings.kafka_servers)
+    for m in mentions:
+        producer.send(stack.settings.topic_raw, key=m.id.encode(), value=m.model_dump_json().encode())
+    producer.flush()
+    producer.close()
+    return {m.id for m in mentions}
+
+
+def _indexed(stack: Stack) -> set[str]:
+    es = stack.es()
+    try:
+        if not es.indices.exists(index=stack.settings.index_mentions):
+            return set()
+        es.indices.refresh(index=stack.settings.index_mentions)
+        hits = es.search(index=stack.settings.index_mentions, size=1000, source_includes=["id"])["hits"]["hits"]
+        return {h["_source"]["id"] for h in hits}
+    finally:
+        es.close()
+
+
+@pytest.mark.parametrize("status", [503, 401])
+def test_bulk_requests_refused_for_a_while_lose_nothing(stack: Stack, proxy: FaultyProxy, status: int) -> None:
+    worker = stack.start_worker(EARFUL_ES_URL=proxy.url)
+    first = _send(stack, "before", 5)
+    wait_for(lambda: first <= _indexed(stack) or None, timeout=90, what="the first mentions")
+
+    proxy.set_refuse(status)
+    during = _send(stack, "during", 20)
+    wait_for(lambda: proxy.refused_so_far() >= 6 or None, timeout=60, what="refused bulk requests")
+    assert worker.poll() is None, stack.worker_logs()
+    proxy.set_refuse(None)
+
+    wait_for(lambda: (first | during) <= _indexed(stack) or None, timeout=90,
+             what="the mentions held while the search server refused them")
+
+
+def test_a_worker_stopped_while_the_search_server_refuses_loses_nothing(stack: Stack, proxy: FaultyProxy) -> None:
+    worker = stack.start_worker(EARFUL_ES_URL=proxy.url)
+    first = _send(stack, "before", 5)
+    wait_for(lambda: first <= _indexed(stack) or None, timeout=90, what="the first mentions")
+
+    proxy.set_refuse(503)
+    during = _send(stack, "during", 20)
+    wait_for(lambda: proxy.refused_so_far() >= 2 or None, timeout=60, what="a refused bulk request")
+    # A graceful stop in the middle of the retries: the worker stops by itself (it is not
+    # left waiting for a batch it cannot store) and does not commit that batch.
+    assert stack.stop_worker(worker, timeout=60) == 0, stack.worker_logs()
+    proxy.set_refuse(None)
+
+    stack.start_worker(EARFUL_ES_URL=proxy.url)
+    wait_for(lambda: (first | during) <= _indexed(stack) or None, timeout=120,
+             what="the held mentions, read again by the next worker")
