@@ -9,7 +9,8 @@ Errors are grouped by what the runner should do::
 
     ConnectorError
      ├── FatalError          configuration or credentials are wrong: report, back off long
-     ├── RetriableError      429, 5xx, network: retry after ``retry_after`` or with backoff
+     ├── RetriableError      5xx, network: retry after ``retry_after`` or with backoff
+     │    └── RateLimited    429, quota used up: the platform's allowance, shared by every key
      └── SkippableItem       one native item cannot be mapped: it goes to the rejected topic
 """
 
@@ -41,6 +42,10 @@ class RetriableError(ConnectorError):
         self.retry_after = retry_after
 
 
+class RateLimited(RetriableError):
+    """The platform's allowance is used up: no key of the source may ask before ``retry_after``."""
+
+
 class SkippableItem(ConnectorError):
     """One native item cannot become a Mention; the reason travels with it to the rejected topic."""
 
@@ -58,6 +63,8 @@ class Page:
     ``next_cursor`` is stored only after every mention of the page is acknowledged
     by Kafka, so a crash re-fetches the page instead of skipping it.
     ``has_more`` asks the runner to poll again at once; ``done`` ends a finite source.
+    ``rate_limited`` is a rate limit met half-way: the runner delivers the page,
+    then waits as that error says before polling again.
     """
 
     mentions: list[Mention]
@@ -65,6 +72,7 @@ class Page:
     rejected: list[RejectedItem] = field(default_factory=list)
     has_more: bool = False
     done: bool = False
+    rate_limited: RateLimited | None = None
 
 
 class Connector(abc.ABC):

@@ -139,7 +139,8 @@ class BlueskyConnector(HttpConnector):
         posts = body.get("posts") if isinstance(body, dict) else None
         if not isinstance(posts, list):
             posts = []
-        next_token = body.get("cursor") if posts and len(posts) >= self.config.limit else None
+        # searchPosts may answer a short page that still has a cursor: follow it until none or an empty page.
+        next_token = body.get("cursor") if posts else None
         fresh, more = sweep.step(posts, ident=lambda p: str(p["uri"]), mark=_sort_mark, next_token=next_token)
         return Fetched([Native(p, query) for p in fresh], sweep.dump(), has_more=more)
 

@@ -5,7 +5,10 @@ comments nested, newest first (``/<page>/posts?fields=...,comments.filter(stream
 .order(reverse_chronological)``), so one request covers ``recent_posts`` posts.
 ``filter(stream)`` lists replies to comments too, each with its ``parent``.
 When a post's first page of comments is all new, the rest is read with the
-``after`` cursor of ``/<post>/comments`` until the watermark is reached.
+``after`` cursor of ``/<post>/comments`` until the watermark is reached. A busy
+post stops after MAX_COMMENT_PAGES pages: its ``after`` cursor is kept in the
+cursor (``pending``) and the next poll goes on from there before the sweep ends,
+so no comment between that page and the watermark is skipped.
 
 The watermark is the newest comment time delivered (a sweep, see
 ``connectors.sweep``), across the Page: a new comment on an old post is still
@@ -17,7 +20,7 @@ API's own ``paging.next`` links carry it, so they are never followed as is).
 Errors come as HTTP 400/403 with a Graph error code::
 
     190 (OAuthException)           token expired or revoked: FatalError naming the token's env var
-    4, 17, 32, 613, 80001          app / user / Page rate limits: RetriableError
+    4, 17, 32, 613, 80001          app / user / Page rate limits: RateLimited
     1, 2                           temporary: RetriableError
     other                          FatalError with Facebook's message
 
@@ -36,7 +39,7 @@ import httpx
 import orjson
 from pydantic import Field
 
-from connectors.base import FatalError, RetriableError, SkippableItem
+from connectors.base import FatalError, RateLimited, RetriableError, SkippableItem
 from connectors.config import SecretSpec, SourceConfig
 from connectors.http import MAX_RETRY_AFTER, BearerConnector, Fetched, Native, raise_for_status
 from connectors.sweep import Sweep
@@ -48,7 +51,7 @@ COMMENT_FIELDS = "id,message,created_time,from{id,name},like_count,comment_count
 RATE_CODES = frozenset({4, 17, 32, 613, 80001})
 TEMPORARY_CODES = frozenset({1, 2})
 TOKEN_CODES = frozenset({102, 190})
-#: pages of one post's comments read per poll when many arrived at once (the rest next poll)
+#: pages of one post's comments read per poll when many arrived at once (the rest next poll, from ``pending``)
 MAX_COMMENT_PAGES = 10
 
 
@@ -123,8 +126,8 @@ class FacebookConnector(BearerConnector):
             code, message = _graph_error(response)
             what = f"{self.name}: HTTP {response.status_code} from {response.request.url.host}"
             if code in RATE_CODES:
-                raise RetriableError(f"{what}: rate limited (Graph error {code}): {message}",
-                                     retry_after=wait if wait is not None else 300.0)
+                raise RateLimited(f"{what}: rate limited (Graph error {code}): {message}",
+                                  retry_after=wait if wait is not None else 300.0)
             if code in TEMPORARY_CODES:
                 raise RetriableError(f"{what}: temporary Graph error {code}: {message}")
             if code in TOKEN_CODES:
@@ -135,43 +138,72 @@ class FacebookConnector(BearerConnector):
         return body if isinstance(body, dict) else {}
 
     async def fetch(self, key: str, state: Any) -> Fetched:
-        page_id = key.removeprefix("page:")
         sweep = Sweep.load(state)
+        pending = state.get("pending") if isinstance(state, dict) else None
+        if pending:
+            comments, pending = await self._resume(pending, sweep)
+        else:
+            comments, pending = await self._recent(key.removeprefix("page:"), sweep)
+        fresh = sweep.take(comments, ident=lambda c: str(c["id"]), mark=_comment_mark)
+        if pending:
+            # The sweep stays open: the watermark must not pass the comments still to read.
+            return Fetched([Native(c, key) for c in fresh], {**sweep.dump(), "pending": pending}, has_more=True)
+        sweep.finish()
+        return Fetched([Native(c, key) for c in fresh], sweep.dump())
+
+    async def _recent(self, page_id: str, sweep: Sweep) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The comments of the Page's recent posts, and the busy posts whose rest is left for the next poll."""
         nested = (f"comments.filter(stream).order(reverse_chronological)"
                   f".limit({self.config.comments_per_post}){{{COMMENT_FIELDS}}}")
         body = await self._get(f"{page_id}/posts", {"fields": f"id,permalink_url,{nested}",
                                                     "limit": self.config.recent_posts})
         posts = body.get("data") if isinstance(body.get("data"), list) else []
         comments: list[dict[str, Any]] = []
+        pending: list[dict[str, Any]] = []
         for post in posts:
             if not isinstance(post, dict):
                 continue
+            ref = {"id": post.get("id"), "permalink_url": post.get("permalink_url")}
             block = post.get("comments") if isinstance(post.get("comments"), dict) else {}
             found = [c for c in block.get("data") or [] if isinstance(c, dict)]
-            if sweep.since is not None:
-                found += await self._older_comments(post, block, found, sweep)
-            comments += [{**c, "_post": {"id": post.get("id"), "permalink_url": post.get("permalink_url")}}
-                         for c in found]
-        fresh, _ = sweep.step(comments, ident=lambda c: str(c["id"]), mark=_comment_mark, next_token=None)
-        return Fetched([Native(c, key) for c in fresh], sweep.dump())
+            after = _continues(block, found, sweep) if sweep.since is not None else None
+            if after is not None:
+                more, after = await self._older_comments(str(post["id"]), after, sweep)
+                found += more
+                if after is not None:
+                    pending.append({**ref, "after": after})
+            comments += [{**c, "_post": ref} for c in found]
+        return comments, pending
 
-    async def _older_comments(self, post: dict[str, Any], block: dict[str, Any], first: list[dict[str, Any]],
-                              sweep: Sweep) -> list[dict[str, Any]]:
-        """The rest of a post's new comments, when its first page held nothing already delivered."""
+    async def _resume(self, pending: list[dict[str, Any]], sweep: Sweep,
+                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Go on reading the busy posts where the last poll stopped."""
+        comments: list[dict[str, Any]] = []
+        still: list[dict[str, Any]] = []
+        for entry in pending:
+            ref = {"id": entry.get("id"), "permalink_url": entry.get("permalink_url")}
+            more, after = await self._older_comments(str(entry["id"]), str(entry["after"]), sweep)
+            comments += [{**c, "_post": ref} for c in more]
+            if after is not None:
+                still.append({**ref, "after": after})
+        return comments, still
+
+    async def _older_comments(self, post_id: str, after: str, sweep: Sweep,
+                              ) -> tuple[list[dict[str, Any]], str | None]:
+        """A post's comments from ``after`` on while they are new, at most MAX_COMMENT_PAGES pages;
+        with the ``after`` cursor to go on from when that many pages were not enough."""
         more: list[dict[str, Any]] = []
-        page, after = first, ((block.get("paging") or {}).get("cursors") or {}).get("after")
         for _ in range(MAX_COMMENT_PAGES):
-            if not page or not after or not (block.get("paging") or {}).get("next"):
-                break
-            if not all(_is_new(sweep, c) for c in page):
-                break
-            block = await self._get(f"{post['id']}/comments", {
+            block = await self._get(f"{post_id}/comments", {
                 "filter": "stream", "order": "reverse_chronological", "fields": COMMENT_FIELDS,
                 "limit": self.config.comments_per_post, "after": after})
             page = [c for c in block.get("data") or [] if isinstance(c, dict)]
             more += page
-            after = ((block.get("paging") or {}).get("cursors") or {}).get("after")
-        return more
+            next_after = _continues(block, page, sweep)
+            if next_after is None:
+                return more, None
+            after = next_after
+        return more, after
 
     def to_mention(self, native: Native) -> Mention:
         comment = native.item
@@ -198,6 +230,15 @@ class FacebookConnector(BearerConnector):
 
 def _comment_mark(comment: dict[str, Any]) -> int:
     return int(parse_timestamp(comment["created_time"]).timestamp())
+
+
+def _continues(block: dict[str, Any], page: list[dict[str, Any]], sweep: Sweep) -> str | None:
+    """The ``after`` cursor of a post's next page of comments when it may hold new ones; None when done."""
+    paging = block.get("paging") or {}
+    after = (paging.get("cursors") or {}).get("after")
+    if page and after and paging.get("next") and all(_is_new(sweep, c) for c in page):
+        return str(after)
+    return None
 
 
 def _is_new(sweep: Sweep, comment: dict[str, Any]) -> bool:

@@ -3,7 +3,7 @@
 What a response becomes::
 
     network error, timeout        RetriableError (the runner backs off with jitter)
-    429                           RetriableError(retry_after from Retry-After or the rate headers)
+    429                           RateLimited(retry_after from Retry-After or the rate headers)
     5xx                           RetriableError(retry_after from Retry-After when given)
     401, 403                      FatalError naming the credential (env var) to check
     other 4xx                     FatalError with the platform's own message
@@ -11,31 +11,85 @@ What a response becomes::
 
 A live connector asks a platform one or more questions ("keys": a hashtag, a
 search query, a feed) and keeps one cursor per key. ``HttpConnector.poll``
-walks the keys; a rate limit half-way delivers what was already fetched and the
-cursors of the keys that were read, so nothing fetched is thrown away.
+walks the keys. A key that fails (a feed's host down, a video with comments
+turned off) is logged and skipped, its cursor unchanged, and the other keys go
+on; the poll fails only when every key failed. A rate limit is the platform's,
+shared by every key: half-way, it delivers what was already fetched with the
+cursors of the keys that were read (nothing fetched is thrown away) and the
+runner waits as the platform said; the next poll starts at the key it stopped at.
+Waits are at least MIN_RETRY_AFTER: "Retry-After: 0" or a reset already past
+must not turn into a tight loop.
+
+A URL may carry a secret in its user info or query string (a feed's
+``?apiKey=``): logs show ``public_url`` (scheme, host and path) instead, also
+the request lines httpx itself logs at INFO.
 """
 
 from __future__ import annotations
 
 import abc
 import email.utils
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import orjson
 from pydantic import SecretStr
 
-from connectors.base import Connector, Cursor, FatalError, Page, RejectedItem, RetriableError
+from connectors.base import (
+    Connector,
+    ConnectorError,
+    Cursor,
+    FatalError,
+    Page,
+    RateLimited,
+    RejectedItem,
+    RetriableError,
+)
 from connectors.text import Pseudonymiser
 from schemas import Mention
+
+log = logging.getLogger(__name__)
 
 USER_AGENT = "earful/0.1 (social listening for a public agency)"
 #: a platform that says "wait" for longer than this is treated as "wait this long, then ask again"
 MAX_RETRY_AFTER = 3600.0
+#: a platform that says "wait 0 s" (or a reset already past) is asked again after this long, not at once
+MIN_RETRY_AFTER = 1.0
+
+
+def _bounded(seconds: float) -> float:
+    return min(max(seconds, MIN_RETRY_AFTER), MAX_RETRY_AFTER)
+
+
+def public_url(url: str) -> str:
+    """The URL as logs and mentions may show it: scheme, host and path, without user info, query or fragment."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+    except ValueError:
+        return "<invalid url>"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+class _PublicUrls(logging.Filter):
+    """Rewrites the URLs httpx logs ("HTTP Request: GET <url>") to their public form."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(public_url(str(arg)) if isinstance(arg, httpx.URL) else arg
+                                for arg in record.args)
+        return True
+
+
+logging.getLogger("httpx").addFilter(_PublicUrls())
 
 
 def _number(value: str | None) -> float | None:
@@ -73,9 +127,9 @@ def retry_after(headers: Mapping[str, str], now: float | None = None) -> float |
     now = time.time() if now is None else now
     waited = _seconds_until(headers.get("retry-after"), now)
     if waited is not None:
-        return min(waited, MAX_RETRY_AFTER)
+        return _bounded(waited)
     reset = reset_after(headers, now)
-    return None if reset is None else min(reset, MAX_RETRY_AFTER)
+    return None if reset is None else _bounded(reset)
 
 
 def reset_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -96,7 +150,7 @@ def exhausted_for(headers: Mapping[str, str], now: float | None = None) -> float
             if remaining >= 1:
                 return None
             reset = reset_after(headers, now)
-            return min(reset if reset is not None else 60.0, MAX_RETRY_AFTER)
+            return _bounded(reset if reset is not None else 60.0)
     return None
 
 
@@ -124,7 +178,7 @@ def raise_for_status(response: httpx.Response, *, source: str, credential: str |
     what = f"{source}: HTTP {status} from {response.request.url.host}"
     detail = platform_message(response)
     if status == 429:
-        raise RetriableError(f"{what}: rate limited", retry_after=retry_after(response.headers))
+        raise RateLimited(f"{what}: rate limited", retry_after=retry_after(response.headers))
     if status >= 500:
         raise RetriableError(f"{what}: {detail or 'server error'}", retry_after=_retry_after_only(response))
     if status in (401, 403):
@@ -135,7 +189,7 @@ def raise_for_status(response: httpx.Response, *, source: str, credential: str |
 
 def _retry_after_only(response: httpx.Response) -> float | None:
     value = _seconds_until(response.headers.get("retry-after"), time.time())
-    return None if value is None else min(value, MAX_RETRY_AFTER)
+    return None if value is None else _bounded(value)
 
 
 def _has_request(exc: httpx.TransportError) -> bool:
@@ -182,6 +236,7 @@ class HttpConnector(Connector):
             headers={"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})},
             follow_redirects=True)
         self._not_before = 0.0
+        self._resume_at: str | None = None  # the key a rate limit stopped the last poll at
 
     # -- requests -------------------------------------------------------------------------
 
@@ -193,7 +248,7 @@ class HttpConnector(Connector):
         """
         wait = self._not_before - time.monotonic()
         if wait > 0:
-            raise RetriableError(f"{self.name}: rate-limit window used up", retry_after=wait)
+            raise RateLimited(f"{self.name}: rate-limit window used up", retry_after=_bounded(wait))
         try:
             # Relative to the configured base URL (which tests point at a local server).
             response = await self.client.request(method, url if "://" in url else url.lstrip("/"), **kwargs)
@@ -231,28 +286,59 @@ class HttpConnector(Connector):
     async def prepare(self) -> None:
         """Before a poll: sign in when a session is needed."""
 
+    def describe_key(self, key: str) -> str:
+        """The key as a log line may show it (a connector whose keys hold secrets hides them)."""
+        return key
+
     async def poll(self, cursor: Cursor) -> Page:
+        """Ask every key once since its cursor; skip (and log) a key that fails, keeping its cursor.
+
+        Raises when the platform's rate limit is met before anything was read, or
+        when every key failed (the error of one of them, a retriable one first).
+        """
         await self.prepare()
-        states = dict(cursor or {})
+        before = dict(cursor or {})
+        states = dict(before)
         mentions: dict[str, Mention] = {}
         rejected: list[RejectedItem] = []
         has_more = False
-        for key in self.keys():
+        failed: dict[str, ConnectorError] = {}
+        keys = self._in_turn(self.keys())
+        for key in keys:
             try:
                 fetched = await self.fetch(key, states.get(key))
-            except RetriableError:
-                if mentions or rejected or states != dict(cursor or {}):
-                    # Deliver what was read; the next poll meets the limit again and backs off.
-                    has_more = True
-                    break
+            except RateLimited as exc:
+                self._resume_at = key
+                self._report(failed)
+                if mentions or rejected or states != before:
+                    return Page(list(mentions.values()), states, rejected=rejected, rate_limited=exc)
                 raise
+            except (FatalError, RetriableError) as exc:
+                failed[key] = exc
+                continue
             found, bad = self.map_items(fetched.items)
             for mention in found:
                 mentions.setdefault(mention.id, mention)
             rejected.extend(bad)
             states[key] = fetched.state
             has_more = has_more or fetched.has_more
+        self._resume_at = None
+        if keys and len(failed) == len(keys):
+            raise _first_retriable(list(failed.values()))
+        self._report(failed)
         return Page(list(mentions.values()), states, rejected=rejected, has_more=has_more)
+
+    def _in_turn(self, keys: list[str]) -> list[str]:
+        """The keys, starting at the one a rate limit stopped the last poll at (so the last keys get a turn)."""
+        if self._resume_at in keys:
+            start = keys.index(self._resume_at)
+            return keys[start:] + keys[:start]
+        return keys
+
+    def _report(self, failed: Mapping[str, ConnectorError]) -> None:
+        for key, exc in failed.items():
+            log.warning("%s: skipped %s this poll, the other keys went on: %s", self.name,
+                        self.describe_key(key), str(exc).removeprefix(f"{self.name}: "))
 
     def describe(self, item: Any) -> str:
         return super().describe(item.item if isinstance(item, Native) else item)
@@ -265,6 +351,11 @@ class HttpConnector(Connector):
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+def _first_retriable(errors: list[ConnectorError]) -> ConnectorError:
+    """The error to raise when every key failed: a retriable one (the runner asks again soon) before a fatal one."""
+    return next((e for e in errors if isinstance(e, RetriableError)), errors[0])
 
 
 class BearerConfig(Protocol):

@@ -50,12 +50,16 @@ from schemas import Mention, mention_id
 log = logging.getLogger(__name__)
 
 
+class Acknowledgement(Protocol):
+    """The records of one send (the runner's ``Delivery``)."""
+
+    def wait(self, timeout: float = 60.0) -> None: ...
+
+
 class MentionSink(Protocol):
     """What the ingest server needs of the runner's MentionProducer."""
 
-    def send_mentions(self, mentions: list[Mention]) -> int: ...
-
-    def flush(self, timeout: float = 60.0) -> None: ...
+    def send_mentions(self, mentions: list[Mention]) -> Acknowledgement: ...
 
 
 class BadRequest(Exception):
@@ -81,8 +85,7 @@ class IngestServer:
         self._secret = secret
         self.sink = sink
         self.pseudonymise = Pseudonymiser(author_key)
-        # One thread: a send and its flush must not interleave with another request's,
-        # or one request's answer could vouch for records another request is still waiting on.
+        # Waiting for Kafka's acknowledgement blocks: it happens in this thread, one request at a time.
         self._producer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="earful-ingest")
 
     def app(self) -> web.Application:
@@ -124,8 +127,8 @@ class IngestServer:
         return _answer(202, {"accepted": len(mentions), "ids": [m.id for m in mentions]})
 
     def _produce(self, mentions: list[Mention]) -> None:
-        self.sink.send_mentions(mentions)
-        self.sink.flush()
+        # Waits on this request's records only: the answer vouches for nothing else.
+        self.sink.send_mentions(mentions).wait()
 
     async def _body(self, request: web.Request) -> bytes:
         limit = self.config.max_body_bytes

@@ -4,6 +4,12 @@ A feed is a window of its latest entries, not a log, so the cursor remembers
 which entries were already sent (short hashes of their ids, bounded) rather than
 a position. ETag and Last-Modified are sent back, so an unchanged feed costs
 the publisher a 304 and us nothing.
+
+A feed URL may carry a secret (``?apiKey=``, a private token): log lines and
+mentions show the feed's ``query`` or its URL without user info, query string
+or fragment (``public_url``), never the URL itself. Only the cursor, a local
+file beside the config that holds the URL anyway, keeps the full URL as the
+feed's key (``feed:<url>``), so existing cursors stay valid.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from connectors.base import FatalError, SkippableItem
 from connectors.config import SourceConfig
-from connectors.http import Fetched, HttpConnector, Native
+from connectors.http import Fetched, HttpConnector, Native, public_url
 from connectors.text import html_to_text
 from schemas import Mention, utcnow
 
@@ -31,7 +37,8 @@ class Feed(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     url: str
-    query: str | None = Field(default=None, description="what the feed stands for, e.g. the search terms")
+    query: str | None = Field(default=None, description="what the feed stands for, e.g. the search terms; "
+                              "shown in logs and on mentions instead of the URL")
 
 
 class RssConfig(SourceConfig):
@@ -67,10 +74,20 @@ class RssConnector(HttpConnector):
                          headers={"Accept": "application/rss+xml, application/atom+xml, application/xml;q=0.9, */*;q=0.5"},
                          **kwargs)
         self.config = config
-        self._queries = {f"feed:{f.url}": f.query or f.url for f in config.feeds}
+        # The cursor key keeps the full URL (unchanged since the first release); nothing else shows it.
+        self._queries = {f"feed:{f.url}": f.query or self._shown(f.url) for f in config.feeds}
+        self._labels = {f"feed:{f.url}": f"feed {f.query!r} ({self._shown(f.url)})" if f.query
+                        else f"feed {self._shown(f.url)}" for f in config.feeds}
+
+    def _shown(self, url: str) -> str:
+        """The feed's URL, made absolute against the base URL, as logs and mentions may show it."""
+        return public_url(url if "://" in url else str(self.client.base_url.join(url.lstrip("/"))))
 
     def keys(self) -> list[str]:
         return list(self._queries)
+
+    def describe_key(self, key: str) -> str:
+        return self._labels.get(key) or f"feed {self._shown(key.removeprefix('feed:'))}"
 
     async def fetch(self, key: str, state: Any) -> Fetched:
         url = key.removeprefix("feed:")
@@ -85,7 +102,8 @@ class RssConnector(HttpConnector):
             return Fetched([], state)
         parsed = feedparser.parse(response.content)
         if parsed.bozo and not parsed.entries and not parsed.feed.get("title"):
-            raise FatalError(f"{self.name}: {url} is not an RSS or Atom feed ({parsed.get('bozo_exception')})")
+            raise FatalError(f"{self.name}: {self.describe_key(key)} is not an RSS or Atom feed "
+                             f"({parsed.get('bozo_exception')})")
         seen = list(state.get("seen") or [])
         known = set(seen)
         feed_lang = parsed.feed.get("language")

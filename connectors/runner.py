@@ -26,7 +26,7 @@ import orjson
 from kafka import KafkaProducer
 from kafka.partitioner.default import murmur2
 
-from connectors.base import Connector, FatalError, Page, RejectedItem, RetriableError
+from connectors.base import Connector, FatalError, Page, RateLimited, RejectedItem, RetriableError
 from connectors.cursors import CursorStore
 from schemas import Mention, Rejected, utcnow
 
@@ -65,8 +65,32 @@ def _page(docs: list[bytes]) -> bytes:
     return b'{"mentions":[' + b",".join(docs) + b'],"schema_version":1}'
 
 
+class Delivery:
+    """The Kafka records of one send: ``wait`` returns once Kafka acknowledged every one of them.
+
+    Each connector waits on its own deliveries only, so one source's failed
+    record can never be reported to (and swallowed by) another source.
+    """
+
+    def __init__(self, futures: Iterable[Any] = ()) -> None:
+        self.futures = list(futures)
+
+    def __add__(self, other: Delivery) -> Delivery:
+        return Delivery([*self.futures, *other.futures])
+
+    def wait(self, timeout: float = 60.0) -> None:
+        """Block until every record is acknowledged; re-raise the first delivery error."""
+        deadline = time.monotonic() + timeout
+        for future in self.futures:
+            future.get(timeout=max(deadline - time.monotonic(), 0.0))
+
+
 class MentionProducer:
-    """kafka-python producer for mentions, rejected items and connector heartbeats."""
+    """kafka-python producer for mentions, rejected items and connector heartbeats.
+
+    ``send_mentions`` and ``send_rejected`` return a ``Delivery`` to wait on;
+    heartbeats are fire-and-forget.
+    """
 
     def __init__(self, bootstrap: list[str], *, topic_raw: str, topic_rejected: str,
                  topic_status: str | None = None, **producer_config: Any) -> None:
@@ -85,32 +109,23 @@ class MentionProducer:
         if not partitions:
             raise FatalError(f"topic {topic_raw!r} does not exist: run 'earful setup' first")
         self.partitions = len(partitions)
-        self._pending: list[Any] = []
 
-    def send_mentions(self, mentions: Iterable[Mention]) -> int:
-        count = 0
-        for partition, value in encode_pages(mentions, self.partitions):
-            self._pending.append(self._producer.send(self.topic_raw, value=value, partition=partition))
-            count += 1
-        return count
+    def send_mentions(self, mentions: Iterable[Mention]) -> Delivery:
+        return Delivery(self._producer.send(self.topic_raw, value=value, partition=partition)
+                        for partition, value in encode_pages(mentions, self.partitions))
 
-    def send_rejected(self, items: Iterable[RejectedItem], *, source: str) -> None:
+    def send_rejected(self, items: Iterable[RejectedItem], *, source: str) -> Delivery:
+        futures = []
         for item in items:
             record = Rejected(reason=item.reason, payload=item.payload, topic=f"connector:{source}")
-            self._pending.append(self._producer.send(
+            futures.append(self._producer.send(
                 self.topic_rejected, key=source.encode(), value=record.model_dump_json().encode()))
+        return Delivery(futures)
 
     def send_status(self, status: dict[str, Any]) -> None:
         if self.topic_status:
             self._producer.send(self.topic_status, key=str(status["connector"]).encode(),
                                 value=orjson.dumps(status, default=str))
-
-    def flush(self, timeout: float = 60.0) -> None:
-        """Wait until Kafka acknowledged everything sent; raise if any record failed."""
-        self._producer.flush(timeout=timeout)
-        pending, self._pending = self._pending, []
-        for future in pending:
-            future.get(timeout=timeout)  # re-raises the delivery error, if any
 
     def close(self) -> None:
         self._producer.close(timeout=10)
@@ -167,8 +182,12 @@ class ConnectorStatus:
         }
 
 
+#: the shortest wait before asking again: "Retry-After: 0" or a reset already past must not spin
+MIN_DELAY = 1.0
+
+
 class Backoff:
-    """Exponential backoff with full jitter; ``retry_after`` from the platform wins."""
+    """Exponential backoff with full jitter above a floor of MIN_DELAY; ``retry_after`` from the platform wins."""
 
     def __init__(self, base: float = 1.0, cap: float = 300.0) -> None:
         self.base, self.cap, self.failures = base, cap, 0
@@ -176,8 +195,8 @@ class Backoff:
     def next_delay(self, retry_after: float | None = None) -> float:
         self.failures += 1
         if retry_after is not None:
-            return min(max(retry_after, 0.0), self.cap * 4)
-        return random.uniform(0, min(self.cap, self.base * 2 ** (self.failures - 1)))
+            return min(max(retry_after, MIN_DELAY), self.cap * 4)
+        return max(random.uniform(0, min(self.cap, self.base * 2 ** (self.failures - 1))), MIN_DELAY)
 
     def reset(self) -> None:
         self.failures = 0
@@ -295,14 +314,26 @@ class Runner:
             if page.done or (once and not page.has_more):
                 self.producer.send_status(status.as_record())
                 return
-            if not page.has_more:
+            if page.rate_limited is not None:
+                await self._wait(status, self._rate_limited(name, status, backoff, page.rate_limited))
+            elif not page.has_more:
                 await self._wait(status, connector.poll_interval)
 
+    def _rate_limited(self, name: str, status: ConnectorStatus, backoff: Backoff, exc: RateLimited) -> float:
+        """A rate limit met half-way through a poll: what was read is delivered; say so and how long to wait."""
+        delay = backoff.next_delay(exc.retry_after)
+        status.record_error("backoff", str(exc))
+        self.producer.send_status(status.as_record())
+        self._errors.error(f"{name}:retriable", "%s; delivered what was read, asking again in %.0fs",
+                           _named(name, exc), delay)
+        return delay
+
     async def _deliver(self, name: str, page: Page) -> None:
+        """Send the page and wait for Kafka to acknowledge its own records; only then save the cursor."""
+        delivery = Delivery()
         if page.mentions:
-            self.producer.send_mentions(page.mentions)
+            delivery += self.producer.send_mentions(page.mentions)
         if page.rejected:
-            self.producer.send_rejected(page.rejected, source=name)
-        # Only once Kafka holds the page does the cursor move past it.
-        await asyncio.get_running_loop().run_in_executor(None, self.producer.flush)
+            delivery += self.producer.send_rejected(page.rejected, source=name)
+        await asyncio.get_running_loop().run_in_executor(None, delivery.wait)
         self.cursors.save(name, page.next_cursor)

@@ -56,6 +56,26 @@ class Sweep:
         Raises nothing on odd items: an item whose id or mark cannot be read is
         passed through as new so that mapping rejects it with the reason.
         """
+        fresh, reached_old = self._take(items, ident=ident, mark=mark)
+        first_run = self.since is None
+        if next_token and not reached_old and not first_run:
+            self.token = next_token
+            return fresh, True
+        self._finish()
+        return fresh, False
+
+    def take(self, items: Iterable[T], *, ident: Callable[[T], str], mark: Callable[[T], Mark]) -> list[T]:
+        """Take one page's new items and leave the sweep open (``finish`` ends it), for a platform
+        that pages several lists at once (Facebook: one ``after`` cursor per post)."""
+        fresh, _ = self._take(items, ident=ident, mark=mark)
+        return fresh
+
+    def finish(self) -> None:
+        """End the sweep: the watermark rises to the newest item it saw."""
+        self._finish()
+
+    def _take(self, items: Iterable[T], *, ident: Callable[[T], str],
+              mark: Callable[[T], Mark]) -> tuple[list[T], bool]:
         fresh: list[T] = []
         reached_old = False
         for item in items:
@@ -72,12 +92,7 @@ class Sweep:
                 self.high, self.high_edge = item_mark, [native_id]
             elif item_mark == self.high and native_id not in self.high_edge:
                 self.high_edge.append(native_id)
-        first_run = self.since is None
-        if next_token and not reached_old and not first_run:
-            self.token = next_token
-            return fresh, True
-        self._finish()
-        return fresh, False
+        return fresh, reached_old
 
     def _finish(self) -> None:
         if self.high is not None and (self.since is None or self.high >= self.since):  # type: ignore[operator]

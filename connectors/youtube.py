@@ -15,8 +15,10 @@ The API key travels in the ``X-goog-api-key`` header, never in the URL, so
 request logs cannot show it. Quota: 10,000 units a day by default; a search
 costs 100 units, a comment-thread page 1. When the day's quota is used up
 YouTube answers 403 ``quotaExceeded`` (a wait, not a broken key) and the
-runner asks again later. Replies beyond the top-level comment are not read
-(``comments.list`` per thread would cost a unit per thread).
+runner asks again later. A video whose comments are turned off (403
+``commentsDisabled``) is skipped with a log line; the other questions go on.
+Replies beyond the top-level comment are not read (``comments.list`` per
+thread would cost a unit per thread).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any, ClassVar, Literal
 import httpx
 from pydantic import Field, model_validator
 
-from connectors.base import FatalError, RetriableError, SkippableItem
+from connectors.base import FatalError, RateLimited, SkippableItem
 from connectors.config import SecretSpec, SourceConfig
 from connectors.http import Fetched, HttpConnector, Native, platform_message, raise_for_status
 from connectors.sweep import Sweep
@@ -40,6 +42,9 @@ RATE_REASONS = frozenset({"quotaExceeded", "rateLimitExceeded", "userRateLimitEx
 #: reasons that mean the key itself is wrong (YouTube answers some of them with 400)
 KEY_REASONS = frozenset({"keyInvalid", "keyExpired", "API_KEY_INVALID", "API_KEY_EXPIRED", "forbidden",
                          "ipRefererBlocked", "accessNotConfigured"})
+#: reasons that concern one video or channel only: that key is skipped, the others go on
+TARGET_REASONS = {"commentsDisabled": "comments are turned off", "videoNotFound": "no such video",
+                  "channelNotFound": "no such channel"}
 #: how long to wait when the daily quota is used up (it resets at midnight Pacific time)
 QUOTA_WAIT = 3600.0
 
@@ -98,8 +103,11 @@ class YouTubeConnector(HttpConnector):
             reasons = _reasons(response)
             what = f"{self.name}: HTTP {response.status_code} from {response.request.url.host}"
             if reasons & RATE_REASONS:
-                raise RetriableError(f"{what}: quota or rate limit used up ({', '.join(sorted(reasons))})",
-                                     retry_after=QUOTA_WAIT if "quotaExceeded" in reasons else None)
+                raise RateLimited(f"{what}: quota or rate limit used up ({', '.join(sorted(reasons))})",
+                                  retry_after=QUOTA_WAIT if "quotaExceeded" in reasons else None)
+            if reasons & TARGET_REASONS.keys():
+                reason = min(reasons & TARGET_REASONS.keys())
+                raise FatalError(f"{what}: {TARGET_REASONS[reason]} ({reason})")
             if reasons & KEY_REASONS or response.status_code == 403:
                 raise FatalError(f"{what}: key refused ({platform_message(response)}); check {self.credential}")
             raise_for_status(response, source=self.name, credential=self.credential)

@@ -21,7 +21,7 @@ SECRET = SecretStr("shared-ingest-secret-42")
 
 
 class FakeSink:
-    """Records what was sent; counts it as accepted only once flush returns (Kafka's ack)."""
+    """Records what was sent; counts it as accepted only once its delivery's wait returns (Kafka's ack)."""
 
     def __init__(self) -> None:
         self.pending: list[Mention] = []
@@ -30,11 +30,11 @@ class FakeSink:
         self.release.set()
         self.fail: Exception | None = None
 
-    def send_mentions(self, mentions: list[Mention]) -> int:
+    def send_mentions(self, mentions: list[Mention]) -> FakeSink:
         self.pending.extend(mentions)
-        return 1
+        return self
 
-    def flush(self, timeout: float = 60.0) -> None:
+    def wait(self, timeout: float = 60.0) -> None:
         self.release.wait(timeout)
         if self.fail is not None:
             self.pending.clear()

@@ -2,40 +2,47 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from typing import Any
 
 import pytest
+from kafka.errors import KafkaError
 
 from connectors import runner as runner_module
-from connectors.base import Connector, Cursor, FatalError, Page, RetriableError
+from connectors.base import Connector, Cursor, FatalError, Page, RateLimited, RetriableError
 from connectors.cursors import MemoryCursorStore
-from connectors.runner import Backoff, ConnectorStatus, Runner
+from connectors.runner import Backoff, ConnectorStatus, Delivery, MentionProducer, Runner
 from schemas import Mention, utcnow
+
+
+class FakeFuture:
+    """A Kafka send's future: ``get`` acknowledges the mentions, or raises when the broker refused them."""
+
+    def __init__(self, producer: FakeProducer, mentions: list[Mention]) -> None:
+        self.producer, self.mentions = producer, mentions
+
+    def get(self, timeout: float | None = None) -> None:
+        if self.producer.fail_flush:
+            raise RuntimeError("broker did not acknowledge")
+        self.producer.sent.extend(self.mentions)
 
 
 class FakeProducer:
     def __init__(self, fail_flush: bool = False) -> None:
         self.sent: list[Mention] = []
-        self.unacked: list[Mention] = []
         self.statuses: list[dict[str, Any]] = []
         self.fail_flush = fail_flush
 
-    def send_mentions(self, mentions: list[Mention]) -> int:
-        self.unacked.extend(mentions)
-        return 1
+    def send_mentions(self, mentions: list[Mention]) -> Delivery:
+        return Delivery([FakeFuture(self, list(mentions))])
 
-    def send_rejected(self, items: Any, *, source: str) -> None:
-        pass
+    def send_rejected(self, items: Any, *, source: str) -> Delivery:
+        return Delivery([FakeFuture(self, [])])
 
     def send_status(self, status: dict[str, Any]) -> None:
         self.statuses.append(status)
-
-    def flush(self, timeout: float = 60.0) -> None:
-        if self.fail_flush:
-            raise RuntimeError("broker did not acknowledge")
-        self.sent.extend(self.unacked)
-        self.unacked.clear()
 
 
 def mention(n: int) -> Mention:
@@ -122,6 +129,59 @@ async def test_cursor_does_not_move_when_kafka_does_not_acknowledge(clock: list[
     assert cursors.load("scripted") is None and producer.sent == []
 
 
+class SharedKafka:
+    """kafka-python's producer as two sources share it; the record of native id ``lost`` is refused.
+
+    Its ``flush`` holds the first caller until a second one arrives, and the second until the
+    refused record was looked at: the order in which one source's flush used to take (and
+    report) the other's delivery results.
+    """
+
+    def __init__(self, **config: Any) -> None:
+        self.flushes = 0
+        self.second_flush = threading.Event()
+        self.refusal_seen = threading.Event()
+
+    def partitions_for(self, topic: str) -> set[int]:
+        return {0}
+
+    def send(self, topic: str, value: bytes, **kwargs: Any) -> KafkaFuture:
+        return KafkaFuture(self, refused=b'"native_id":"lost"' in value)
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.flushes += 1
+        if self.flushes == 1:
+            self.second_flush.wait(5)
+        else:
+            self.second_flush.set()
+            self.refusal_seen.wait(5)
+
+
+class KafkaFuture:
+    def __init__(self, kafka: SharedKafka, refused: bool) -> None:
+        self.kafka, self.refused = kafka, refused
+
+    def get(self, timeout: float | None = None) -> None:
+        if self.refused:
+            self.kafka.refusal_seen.set()
+            raise KafkaError("NotEnoughReplicasError")
+
+
+async def test_a_refused_record_fails_its_own_source_and_no_other(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner_module, "KafkaProducer", SharedKafka)
+    producer = MentionProducer(["kafka:9092"], topic_raw="raw", topic_rejected="rejected")
+    cursors = MemoryCursorStore()
+    runner = Runner(producer, cursors)
+    delivered = Mention.build(source="a", native_id="kept", text="refund late", created_at=utcnow())
+    refused = Mention.build(source="b", native_id="lost", text="myGov down", created_at=utcnow())
+    results = await asyncio.gather(runner._deliver("a", Page([delivered], {"at": "a1"})),
+                                   runner._deliver("b", Page([refused], {"at": "b1"})),
+                                   return_exceptions=True)
+    assert results[0] is None and isinstance(results[1], KafkaError)
+    # B's cursor stays before the mention Kafka never got; A's moves on.
+    assert cursors.load("a") == {"at": "a1"} and cursors.load("b") is None
+
+
 def test_backoff_has_jitter_grows_and_respects_retry_after() -> None:
     backoff = Backoff(base=1.0, cap=300.0)
     delays = [backoff.next_delay() for _ in range(12)]
@@ -131,6 +191,38 @@ def test_backoff_has_jitter_grows_and_respects_retry_after() -> None:
     assert backoff.next_delay(retry_after=42) == 42
     backoff.reset()
     assert backoff.failures == 0
+
+
+def test_a_zero_wait_is_at_least_a_second() -> None:
+    backoff = Backoff()
+    assert [backoff.next_delay(0.0) for _ in range(3)] == [1.0, 1.0, 1.0]
+    assert all(Backoff().next_delay() >= 1.0 for _ in range(50))  # the first jittered wait too
+
+
+async def test_retry_after_zero_does_not_ask_again_at_once(clock: list[float]) -> None:
+    holder: list[Runner] = []
+    connector = Scripted([RetriableError("scripted: HTTP 429 from x: rate limited", retry_after=0.0)], holder)
+    runner = Runner(FakeProducer(), MemoryCursorStore())  # type: ignore[arg-type]
+    holder.append(runner)
+    start = clock[0]
+    await runner.run([connector])
+    assert len(connector.cursors_seen) == 2 and clock[0] - start >= 1.0
+
+
+async def test_a_rate_limit_met_half_way_delivers_the_page_then_waits_as_told(clock: list[float]) -> None:
+    producer = FakeProducer()
+    cursors = MemoryCursorStore()
+    holder: list[Runner] = []
+    limited = RateLimited("scripted: HTTP 429 from x: rate limited", retry_after=42)
+    connector = Scripted([Page([mention(1)], {"at": 1}, rate_limited=limited)], holder)
+    runner = Runner(producer, cursors)  # type: ignore[arg-type]
+    holder.append(runner)
+    start = clock[0]
+    await runner.run([connector])
+    assert [m.native_id for m in producer.sent] == ["1"] and cursors.load("scripted") == {"at": 1}
+    # The platform's 42 s, not the 600 s poll interval nor at once.
+    assert clock[0] - start == 42
+    assert "backoff" in [s["state"] for s in producer.statuses]
 
 
 def test_items_per_min_over_a_quarter_hour() -> None:

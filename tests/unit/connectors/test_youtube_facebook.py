@@ -101,6 +101,31 @@ async def test_youtube_comment_links_to_the_comment_on_its_video() -> None:
     assert mention.engagement is not None and mention.engagement.likes == 14
 
 
+COMMENTS_DISABLED = {"error": {"code": 403, "message": "The video identified by the videoId parameter has disabled "
+                                                      "comments.",
+                                "errors": [{"domain": "youtube.commentThread", "reason": "commentsDisabled",
+                                            "location": "videoId", "locationType": "parameter"}]}}
+
+
+async def test_youtube_video_with_comments_turned_off_is_skipped_and_the_others_are_read(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    async with FakePlatform() as fake:
+        fake.on("/commentThreads", Reply(COMMENTS_DISABLED, status=403),
+                Reply(fixture("youtube", "comment_threads.json")))
+        connector = build(youtube(fake.url, videos=["off1ato2024x", "dQ1ato2024tx"]))
+        try:
+            page = await connector.poll(None)
+        finally:
+            await connector.aclose()
+        asked = [r.query["videoId"] for r in fake.seen("/commentThreads")]
+    assert asked == ["off1ato2024x", "dQ1ato2024tx"]
+    assert "UgzKp0tN7cG3bV5e9Xh4AaABAg" in {m.native_id for m in page.mentions}
+    assert page.next_cursor is not None and set(page.next_cursor) == {"video:dQ1ato2024tx"}
+    assert "skipped video:off1ato2024x" in caplog.text and "comments are turned off" in caplog.text
+    assert "EARFUL_YOUTUBE_API_KEY" not in caplog.text  # the key is fine: nobody should go and check it
+
+
 def test_youtube_needs_something_to_ask() -> None:
     from connectors.config import ConfigError, parse_sources
 

@@ -1,0 +1,75 @@
+"""RSS feeds against the fake platform: a feed that is down or broken, and feed URLs that hold secrets."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import pytest
+from cases import build
+from fake_platform import FakePlatform, Reply, fixture
+
+from connectors.http import public_url
+
+NEWS_IDS = {"CBMiAbc123", "CBMiDef456"}
+
+
+def rss(name: str) -> Reply:
+    return Reply(fixture("rss", name), content_type="application/rss+xml")
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_a_feed_whose_host_is_down_does_not_stop_the_feeds_after_it(caplog: pytest.LogCaptureFixture) -> None:
+    down = f"http://127.0.0.1:{closed_port()}/rss/b"
+    async with FakePlatform() as fake:
+        fake.on("/rss/a", rss("empty.xml"))
+        fake.on("/rss/c", rss("news_search.xml"))
+        connector = build({"name": "news", "type": "rss", "base_url": fake.url,
+                           "feeds": ["/rss/a", down, "/rss/c"]})
+        try:
+            with caplog.at_level(logging.WARNING):
+                page = await connector.poll({f"feed:{down}": {"seen": ["kept"]}})
+        finally:
+            await connector.aclose()
+        assert len(fake.seen("/rss/c")) == 1
+    assert {m.native_id for m in page.mentions} == NEWS_IDS
+    assert page.next_cursor is not None
+    assert page.next_cursor[f"feed:{down}"] == {"seen": ["kept"]}  # b's cursor waits for b to answer
+    assert {"feed:/rss/a", "feed:/rss/c"} <= set(page.next_cursor)
+    assert f"skipped feed {down}" in caplog.text
+
+
+async def test_feed_url_secrets_never_show_in_logs_errors_or_mentions(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    alerts = "/alerts/feeds/0412?apiKey=feed-secret-1"
+    async with FakePlatform() as fake:
+        fake.on("/alerts/feeds/0412", rss("news_search.xml"))
+        fake.on("/private", Reply("<!doctype html><html><body>Please sign in<br></body></html>", content_type="text/html"))
+        base = fake.url
+        private = fake.url.replace("://", "://user:pass-secret-2@") + "/private?token=feed-secret-3"
+        connector = build({"name": "news", "type": "rss", "base_url": fake.url,
+                           "feeds": [alerts, {"url": private, "query": "private alerts"}]})
+        try:
+            page = await connector.poll(None)
+        finally:
+            await connector.aclose()
+    assert {m.native_id for m in page.mentions} == NEWS_IDS
+    assert {m.query for m in page.mentions} == {f"{base}/alerts/feeds/0412"}
+    assert "skipped feed 'private alerts'" in caplog.text and "not an RSS or Atom feed" in caplog.text
+    # Our lines and httpx's; the fake platform's own access log is not ours.
+    logged = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("aiohttp"))
+    shown = logged + "".join(m.model_dump_json() for m in page.mentions)
+    for secret in ("feed-secret-1", "pass-secret-2", "feed-secret-3"):
+        assert secret not in shown
+    # The cursor keeps its key (the URL as configured), so existing cursors stay valid.
+    assert page.next_cursor is not None and f"feed:{alerts}" in page.next_cursor
+
+
+def test_public_url_keeps_scheme_host_and_path_only() -> None:
+    assert public_url("https://u:p@news.example.org:8443/rss/search?q=ATO&key=s#x") == \
+        "https://news.example.org:8443/rss/search"
