@@ -53,13 +53,29 @@ class CalendarOverride:
     topics: tuple[str, ...] | None = None  # None: every topic
     name: str = ""
 
+    def __post_init__(self) -> None:
+        # The detector divides by the multiplier: 0 would crash it on the first row in the
+        # period, and a negative one would expect negative chatter.
+        if not (math.isfinite(self.multiplier) and self.multiplier > 0):
+            raise ValueError(
+                f"calendar override {self.label}: multiplier must be a number above 0 "
+                f"(2 expects twice the usual chatter), got {self.multiplier!r}"
+            )
+
+    @property
+    def label(self) -> str:
+        """How error messages name this override: its name, else its period."""
+        if self.name:
+            return repr(self.name)
+        return f"from {self.start.isoformat()} to {self.end.isoformat()}"
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CalendarOverride:
         topics = d.get("topics")
         return cls(
             start=_as_datetime(d["start"]),
             end=_as_datetime(d["end"]),
-            multiplier=float(d["multiplier"]),
+            multiplier=_multiplier(d),
             topics=tuple(topics) if topics else None,
             name=str(d.get("name", "")),
         )
@@ -378,6 +394,18 @@ def _as_datetime(value: Any) -> datetime:
     if isinstance(value, date):  # YAML reads a bare 2025-10-31 as a date
         return datetime(value.year, value.month, value.day)
     return datetime.fromisoformat(str(value))
+
+
+def _multiplier(d: Mapping[str, Any]) -> float:
+    label = repr(d["name"]) if d.get("name") else f"from {d.get('start')} to {d.get('end')}"
+    if "multiplier" not in d:
+        raise ValueError(f"calendar override {label}: multiplier is missing")
+    try:
+        return float(d["multiplier"])
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"calendar override {label}: multiplier must be a number above 0, got {d['multiplier']!r}"
+        ) from None
 
 
 def _localise(o: CalendarOverride, zone: ZoneInfo) -> CalendarOverride:

@@ -23,8 +23,14 @@ Rules the dispatcher applies (see delivery.py):
 
 - Quiet hours: only critical alerts go through; everything else is held and sent when the quiet
   hours end (the latest event of each alert, so a night's worth of updates is one message).
+  Times are local wall-clock times, "HH:MM" (an unquoted 22:00, which YAML reads as the number
+  1320, is read back as 22:00).
 - Cooldown: after a message about a topic, further open/update events of that topic are held
-  until the cooldown ends; resolves and critical alerts are not held back.
+  until the cooldown ends; critical alerts are not held back.
+- All clear: a resolve goes at once to a subscriber who was sent an earlier event of its alert,
+  whatever the quiet hours or cooldown. To one who was not, it goes with the alert's held events
+  (replacing them, as the latest event); with no such events it is not sent: there is nothing
+  to clear for someone who never heard of the alert.
 - Digest: events are collected and sent as one message per period, on period boundaries.
 
 Secrets: any string may be ``${ENV_NAME}`` (an environment variable) or ``${file:/path}`` (a
@@ -173,9 +179,35 @@ Channel = Annotated[
 ]
 
 
+_CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+
+
+def _wall_time(value: Any) -> Any:
+    """A local wall-clock time, from a quoted "HH:MM" (or a naive ``time`` built in code)."""
+    if isinstance(value, time):
+        if value.tzinfo is not None:
+            raise ValueError("must be a local time without a time zone: set quiet_hours.timezone instead")
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        # YAML 1.1 reads an unquoted 22:00 as the base-60 number 1320: read it back as meant.
+        if 0 <= value < 24 * 60:
+            return time(*divmod(value, 60))
+        raise ValueError(f'got the number {value}: quote the time, e.g. "22:00"')
+    if not isinstance(value, str):
+        raise ValueError(f'expected a quoted time "HH:MM", got {type(value).__name__}')
+    match = _CLOCK.match(value.strip())
+    if match is None:
+        raise ValueError(f'expected a local time "HH:MM" (24-hour, no time zone: quiet_hours.timezone '
+                         f"sets it), got {value!r}")
+    return time(int(match.group(1)), int(match.group(2)))
+
+
+WallTime = Annotated[time, BeforeValidator(_wall_time)]
+
+
 class QuietHours(_Model):
-    start: time
-    end: time
+    start: WallTime
+    end: WallTime
     timezone: str = "Australia/Sydney"
 
     @field_validator("timezone")

@@ -289,3 +289,17 @@ def test_a_version_1_state_resumes_with_the_level_test_starting_from_the_rows_re
     assert resumed.state()["version"] == STATE_VERSION == 2
     with pytest.raises(ValueError, match="version"):
         Detector.from_state(DetectorConfig(), {**old, "version": 99})
+
+
+@pytest.mark.parametrize("multiplier", [0, -2, "nan"])
+def test_an_override_multiplier_must_be_above_zero_at_load(multiplier):
+    override = {"start": "2025-10-31T00:00", "end": "2025-11-01T00:00", "multiplier": multiplier,
+                "name": "individual returns due"}
+    with pytest.raises(ValueError, match="calendar override 'individual returns due': multiplier must be"):
+        DetectorConfig.from_dict({"overrides": [override]})
+
+
+def test_an_override_without_a_name_is_named_by_its_period():
+    override = {"start": "2025-10-31T00:00", "end": "2025-11-01T00:00", "multiplier": "lots"}
+    with pytest.raises(ValueError, match="calendar override from 2025-10-31T00:00 to 2025-11-01T00:00"):
+        DetectorConfig.from_dict({"overrides": [override]})

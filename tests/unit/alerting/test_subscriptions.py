@@ -136,3 +136,47 @@ def test_quiet_hours_across_midnight_in_sydney() -> None:
 def test_digest_periods_align() -> None:
     s = sub(digest="1h")
     assert s.digest_due(datetime(2024, 7, 1, 9, 15, tzinfo=UTC)) == datetime(2024, 7, 1, 10, 0, tzinfo=UTC)
+
+
+def test_an_unquoted_quiet_hours_time_is_read_as_written(tmp_path: Path) -> None:
+    # YAML reads an unquoted 22:00 as the number 1320 (base 60); it must not become 00:22 UTC.
+    path = tmp_path / "subs.yaml"
+    path.write_text(f"""
+- name: comms
+  quiet_hours: {{start: 22:00, end: 7:30}}
+  channel: {{type: slack, url: "{SECRET_URL}"}}
+""")
+    [sub] = load_subscriptions(path)
+    assert sub.quiet_hours is not None
+    assert (sub.quiet_hours.start, sub.quiet_hours.end) == (time(22, 0), time(7, 30))
+    assert sub.quiet_hours.start.tzinfo is None
+
+
+def test_a_number_that_is_no_time_of_day_is_refused_with_a_hint() -> None:
+    with pytest.raises(SubscriptionError) as info:
+        parse_subscriptions([{"name": "comms", "quiet_hours": {"start": 79200, "end": "07:00"},
+                              "channel": {"type": "slack", "url": SECRET_URL}}])
+    text = str(info.value)
+    assert "subscription 'comms'" in text and "quiet_hours.start" in text
+    assert 'quote the time, e.g. "22:00"' in text
+
+
+@pytest.mark.parametrize("value", ["22:00Z", "22:00+10:00", "25:00", "10pm", "22:00:00"])
+def test_quiet_hours_times_are_local_hh_mm_only(value: str) -> None:
+    with pytest.raises(SubscriptionError) as info:
+        parse_subscriptions([{"name": "comms", "quiet_hours": {"start": value, "end": "07:00"},
+                              "channel": {"type": "slack", "url": SECRET_URL}}])
+    assert "subscription 'comms'" in str(info.value) and "quiet_hours.start" in str(info.value)
+    assert '"HH:MM"' in str(info.value)
+
+
+def test_quiet_hours_time_with_a_zone_is_refused_in_code_too() -> None:
+    with pytest.raises(ValueError, match="without a time zone"):
+        QuietHours(start=time(22, tzinfo=UTC), end=time(7))
+
+
+def test_quoted_quiet_hours_are_local_times() -> None:
+    quiet = sub(quiet_hours={"start": "22:00", "end": "7:00"}).quiet_hours
+    assert quiet is not None and quiet.start == time(22) and quiet.end == time(7)
+    assert quiet.start.tzinfo is None
+    assert quiet.is_quiet(datetime(2024, 7, 1, 12, 30, tzinfo=UTC))  # 22:30 in Sydney
