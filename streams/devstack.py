@@ -10,6 +10,7 @@ Elasticsearch index templates. When the configured endpoints are not on this mac
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import ipaddress
 import logging
 import os
@@ -231,7 +232,7 @@ def create_topics(settings: Settings, specs: dict[str, int] | None = None) -> li
 
 
 def install_templates(settings: Settings) -> list[str]:
-    from elasticsearch import Elasticsearch
+    from elasticsearch import ApiError, Elasticsearch
 
     from schemas import index_templates
     from streams.settings import es_client_kwargs
@@ -242,10 +243,21 @@ def install_templates(settings: Settings) -> list[str]:
         for name, body in index_templates().items():
             es.indices.put_index_template(name=name, **body)
             names.append(name)
+        templates = index_templates()
         for index in (settings.index_mentions, settings.index_alerts, settings.index_deliveries):
             if not es.indices.exists(index=index):
                 with contextlib.suppress(Exception):  # created concurrently: fine
                     es.indices.create(index=index)
+                continue
+            # An index created under an older template gets the newer one's new fields (a
+            # strict mapping would refuse documents carrying them). Changing a field's type is
+            # refused by the server: setup then fails, naming the index.
+            for body in templates.values():
+                if any(fnmatch.fnmatchcase(index, p) for p in body["index_patterns"]):
+                    try:
+                        es.indices.put_mapping(index=index, properties=body["template"]["mappings"]["properties"])
+                    except ApiError as exc:
+                        raise RuntimeError(f"index {index}: cannot bring its mapping up to date: {exc}") from exc
         return names
     finally:
         es.close()

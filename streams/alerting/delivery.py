@@ -11,9 +11,23 @@ A record's status::
     pending     claimed for sending, or failed with a retriable error: retried by retry_due()
     sent        delivered
     superseded  a later event of the same alert went out first (e.g. a night's updates
-                collapsed into the morning's one message)
-    failed      a permanent error, or still failing after ``give_up_after``: logged at ERROR
-                and kept in the log for the ops team, never silently dropped
+                collapsed into the morning's one message), or an all clear for an alert this
+                subscriber was never told of (there is nothing for it to clear)
+    failed      a permanent error, or still failing ``give_up_after`` after its first send
+                attempt (time spent held does not count): logged at ERROR and kept in the log
+                for the ops team, never silently dropped
+
+A sent record's ``error`` notes a partial delivery (e.g. mail recipients the server refused).
+An unexpected error while handling one subscription (a bug, a library surprise) is logged with
+its traceback and recorded on that delivery as a retriable failure; the other subscriptions
+are still served. Only an error that cannot be recorded at all (the log itself is down) is
+raised, after every subscription had its turn.
+
+An all clear (a resolve) goes straight to a subscriber who was sent an earlier event of its
+alert, whatever the quiet hours or cooldown: an incident opened at 21:55 is closed when it is
+over, not at 07:00. A subscriber who was sent none of them gets it the way the alert's waiting
+events go: held with them and released together, when it supersedes them. It never goes out
+alone to someone who was not told of the alert.
 
 Records live in a ``DeliveryLog``: Elasticsearch in the worker (``index_deliveries``), a dict in
 unit tests. Held and pending records carry the alert, so a restarted worker still sends them.
@@ -23,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -78,6 +93,7 @@ class DeliveryRecord(BaseModel):
     created_at: datetime
     at: datetime
     next_attempt_at: datetime | None = None
+    first_attempt_at: datetime | None = None  # the give-up clock starts here, not at created_at
     alert: dict[str, Any]
 
     @classmethod
@@ -103,6 +119,7 @@ class DeliveryLog(Protocol):
     async def due(self, now: datetime, limit: int = 500) -> list[DeliveryRecord]: ...
     async def last_sent(self, subscription: str, topic: str) -> datetime | None: ...
     async def latest_sent_sequence(self, subscription: str, alert_id: str) -> int | None: ...
+    async def waiting(self, subscription: str, alert_id: str) -> list[DeliveryRecord]: ...
 
 
 class InMemoryDeliveryLog:
@@ -129,6 +146,10 @@ class InMemoryDeliveryLog:
         seqs = [r.sequence for r in self.records.values()
                 if r.subscription == subscription and r.alert_id == alert_id and r.status == "sent"]
         return max(seqs, default=None)
+
+    async def waiting(self, subscription: str, alert_id: str) -> list[DeliveryRecord]:
+        return [r for r in self.records.values()
+                if r.subscription == subscription and r.alert_id == alert_id and r.status in ("held", "pending")]
 
 
 class ElasticsearchDeliveryLog:
@@ -182,6 +203,13 @@ class ElasticsearchDeliveryLog:
         )
         return hits[0].sequence if hits else None
 
+    async def waiting(self, subscription: str, alert_id: str) -> list[DeliveryRecord]:
+        return await self._search(
+            [{"term": {"subscription": subscription}}, {"term": {"alert_id": alert_id}},
+             {"terms": {"status": ["held", "pending"]}}],
+            [{"sequence": {"order": "asc"}}], 100,
+        )
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -195,7 +223,19 @@ class RetryPolicy:
 
     def later(self, attempts: int, retry_after: float | None) -> timedelta:
         backoff = min(self.retry_backoff * 2 ** max(attempts - 1, 0), self.max_retry_backoff)
-        return max(backoff, timedelta(seconds=retry_after or 0))
+        return max(backoff, timedelta(seconds=self.honoured(retry_after) or 0))
+
+    def honoured(self, retry_after: float | None) -> float | None:
+        """How much of a receiver's Retry-After we honour: nothing if it is not a number
+        ("nan"), at least 0 and at most ``give_up_after`` (a receiver may ask for years)."""
+        if retry_after is None or math.isnan(retry_after):
+            return None
+        return min(max(retry_after, 0.0), self.give_up_after.total_seconds())
+
+    def gives_up(self, record: DeliveryRecord, now: datetime) -> bool:
+        """Whether a failing delivery has been tried for long enough. The clock starts at the
+        first send attempt: waiting for quiet hours, a cooldown or a digest does not count."""
+        return now - (record.first_attempt_at or record.created_at) >= self.give_up_after
 
 
 @dataclass
@@ -205,6 +245,7 @@ class _Outcome:
     error: str | None = None
     retry_after: float | None = None
     attempts: int = 0
+    note: str | None = None  # sent, but not entirely (see Notifier)
 
 
 class Dispatcher:
@@ -240,26 +281,83 @@ class Dispatcher:
         return self._notifiers[sub.name]
 
     async def dispatch(self, alert: Alert) -> list[DeliveryRecord]:
-        """Deliver (or hold) one alert event for every subscription that wants it."""
-        results = []
+        """Deliver (or hold) one alert event for every subscription that wants it.
+
+        An unexpected error for one subscription is recorded on its delivery (pending, so
+        retry_due tries again) and does not keep the event from the others."""
+        results: list[DeliveryRecord] = []
+        unrecorded: list[Exception] = []
         for sub in self.subscriptions.values():
             if not sub.matches(alert):
                 continue
-            if await self.log.get(idempotency_key(alert, sub.name)) is not None:
-                continue  # this event already reached (or is queued for) this subscriber
-            now = self.clock()
-            record = DeliveryRecord.new(alert, sub, now)
-            hold = await self._hold(sub, alert, now)
-            if hold is not None:
-                reason, until = hold
-                record = record.but(status="held", reason=reason, next_attempt_at=until)
-                await self.log.put(record)
-                log.info("holding alert %s #%d for %s (%s) until %s",
-                         alert.id, alert.sequence, sub.name, reason, until.isoformat())
-                results.append(record)
-                continue
-            results.extend(await self._deliver(sub, [record], self.policy.inline_attempts))
+            try:
+                results.extend(await self._dispatch_to(sub, alert))
+            except Exception as exc:
+                log.exception("delivering alert %s #%d to %s failed unexpectedly", alert.id, alert.sequence, sub.name)
+                record = DeliveryRecord.new(alert, sub, self.clock())
+                results.extend(await self._keep_after_crash([record], exc, unrecorded))
+        _raise_first(unrecorded)
         return results
+
+    async def _dispatch_to(self, sub: Subscription, alert: Alert) -> list[DeliveryRecord]:
+        if await self.log.get(idempotency_key(alert, sub.name)) is not None:
+            return []  # this event already reached (or is queued for) this subscriber
+        now = self.clock()
+        record = DeliveryRecord.new(alert, sub, now)
+        if alert.status == "resolved" and sub.digest is None:
+            return await self._all_clear(sub, record)
+        hold = await self._hold(sub, alert, now)
+        if hold is None:
+            return await self._deliver(sub, [record], self.policy.inline_attempts)
+        return [await self._put_held(record, *hold)]
+
+    async def _all_clear(self, sub: Subscription, record: DeliveryRecord) -> list[DeliveryRecord]:
+        """A resolve: at once to a subscriber who heard of the alert; held with the alert's waiting
+        events for one who has not yet; not at all to one who never will (see the module doc)."""
+        if await self.log.latest_sent_sequence(sub.name, record.alert_id) is not None:
+            return await self._deliver(sub, [record], self.policy.inline_attempts)
+        until = await self._waiting_until(record)
+        if until is not None:
+            return [await self._put_held(record, "with_alert", until)]
+        moot = record.but(status="superseded", next_attempt_at=None,
+                          error="not sent: the alert it clears was never announced to this subscriber")
+        await self.log.put(moot)
+        log.info("not sending the all clear of alert %s #%d to %s: it never heard of the alert",
+                 record.alert_id, record.sequence, sub.name)
+        return [moot]
+
+    async def _waiting_until(self, record: DeliveryRecord) -> datetime | None:
+        """When the first other unsent event of this alert to this subscriber is due, if any."""
+        times = [r.next_attempt_at for r in await self.log.waiting(record.subscription, record.alert_id)
+                 if r.id != record.id and r.next_attempt_at is not None]
+        return min(times, default=None)
+
+    async def _put_held(self, record: DeliveryRecord, reason: str, until: datetime) -> DeliveryRecord:
+        held = record.but(status="held", reason=reason, next_attempt_at=until)
+        await self.log.put(held)
+        log.info("holding alert %s #%d for %s (%s) until %s",
+                 record.alert_id, record.sequence, record.subscription, reason, until.isoformat())
+        return held
+
+    async def _keep_after_crash(
+        self, records: list[DeliveryRecord], exc: Exception, unrecorded: list[Exception]
+    ) -> list[DeliveryRecord]:
+        """Record an unexpected error on each delivery it hit that is not finished yet: pending,
+        retried later, failed once ``give_up_after`` has passed. What cannot be recorded (the log
+        itself failing) goes to ``unrecorded``."""
+        crash = _Outcome(ok=False, error=f"{type(exc).__name__}: {exc}"[:300], attempts=1)
+        kept = []
+        for record in records:
+            try:
+                current = await self.log.get(record.id) or record
+                if current.status in ("held", "pending"):
+                    started = current.but(first_attempt_at=_first_attempt(current, self.clock()))
+                    current = await self._record(started, crash)
+                kept.append(current)
+            except Exception as again:
+                log.exception("could not record the failed delivery %s", record.id)
+                unrecorded.append(again)
+        return kept
 
     async def _hold(self, sub: Subscription, alert: Alert, now: datetime) -> tuple[str, datetime] | None:
         if sub.digest is not None:
@@ -268,40 +366,61 @@ class Dispatcher:
             return None  # critical goes through quiet hours and cooldowns
         if sub.quiet_hours is not None and sub.quiet_hours.is_quiet(now):
             return "quiet_hours", sub.quiet_hours.ends_after(now)
-        if sub.cooldown and alert.status != "resolved":
+        if sub.cooldown:
             last = await self.log.last_sent(sub.name, alert.topic)
             if last is not None and now < last + sub.cooldown:
                 return "cooldown", last + sub.cooldown
         return None
 
     async def retry_due(self, now: datetime | None = None) -> list[DeliveryRecord]:
-        """Send what has come due: held deliveries whose wait is over, and pending retries."""
+        """Send what has come due: held deliveries whose wait is over, and pending retries.
+
+        Each subscription's alert (or digest) is handled on its own: an unexpected error is
+        recorded on its deliveries and the others still go out."""
         now = now or self.clock()
         groups: dict[tuple[str, str], list[DeliveryRecord]] = defaultdict(list)
         for record in await self.log.due(now):
             group = "digest" if record.reason == "digest" else record.alert_id
             groups[(record.subscription, group)].append(record)
         results: list[DeliveryRecord] = []
+        unrecorded: list[Exception] = []
         for (name, group), records in groups.items():
-            sub = self.subscriptions.get(name)
-            if sub is None:
-                for record in records:
-                    failed = record.but(status="failed", error="subscription no longer configured", at=now,
-                                        next_attempt_at=None)
-                    log.error("delivery %s failed: subscription %s is no longer configured", record.id, name)
-                    await self.log.put(failed)
-                    results.append(failed)
-                continue
-            latest = await self._collapse(records, now, results)
-            if group == "digest":
-                results.extend(await self._deliver(sub, latest, min(self._tries(r) for r in latest)))
-                continue
-            (record,) = latest
-            sent_seq = await self.log.latest_sent_sequence(sub.name, record.alert_id)
-            if sent_seq is not None and sent_seq > record.sequence:
-                await self._supersede(record, sent_seq, now, results)
-                continue
-            results.extend(await self._deliver(sub, [record], self._tries(record)))
+            try:
+                results.extend(await self._release(name, group, records, now))
+            except Exception as exc:
+                log.exception("sending the due deliveries of %s to %s failed unexpectedly", group, name)
+                results.extend(await self._keep_after_crash(records, exc, unrecorded))
+        _raise_first(unrecorded)
+        return results
+
+    async def _release(self, name: str, group: str, records: list[DeliveryRecord], now: datetime) -> list[DeliveryRecord]:
+        """Send one subscription's due deliveries of one alert (or its digest)."""
+        results: list[DeliveryRecord] = []
+        sub = self.subscriptions.get(name)
+        if sub is None:
+            for record in records:
+                failed = record.but(status="failed", error="subscription no longer configured", at=now,
+                                    next_attempt_at=None)
+                log.error("delivery %s failed: subscription %s is no longer configured", record.id, name)
+                await self.log.put(failed)
+                results.append(failed)
+            return results
+        latest = await self._collapse(records, now, results)
+        if group == "digest":
+            results.extend(await self._deliver(sub, latest, min(self._tries(r) for r in latest)))
+            return results
+        (record,) = latest
+        sent_seq = await self.log.latest_sent_sequence(sub.name, record.alert_id)
+        if sent_seq is not None and sent_seq > record.sequence:
+            await self._supersede(record, sent_seq, now, results)
+            return results
+        if record.alert_status == "resolved" and sent_seq is None:
+            # Its alert's earlier events are still on their way (a retry): the all clear goes with them.
+            until = await self._waiting_until(record)
+            if until is not None:
+                results.append(await self._put_held(record, "with_alert", until))
+                return results
+        results.extend(await self._deliver(sub, [record], self._tries(record)))
         return results
 
     def _tries(self, record: DeliveryRecord) -> int:
@@ -329,7 +448,8 @@ class Dispatcher:
         """Send one alert (or one digest of several) and record the outcome on every record."""
         now = self.clock()
         # Claim first: if the worker dies mid-send, retry_due picks this up after the lease.
-        claimed = [r.but(status="pending", at=now, next_attempt_at=now + self.policy.lease) for r in records]
+        claimed = [r.but(status="pending", at=now, next_attempt_at=now + self.policy.lease,
+                         first_attempt_at=_first_attempt(r, now)) for r in records]
         for record in claimed:
             await self.log.put(record)
         notifier = self.notifier(sub)
@@ -339,22 +459,22 @@ class Dispatcher:
             outcome = await self._attempt(lambda: notifier.send_digest(alerts, key), tries)
         else:
             outcome = await self._attempt(lambda: notifier.send(alerts[0], claimed[0].idempotency_key), tries)
-        return [await self._record(sub, r, outcome) for r in claimed]
+        return [await self._record(r, outcome) for r in claimed]
 
-    async def _attempt(self, send: Callable[[], Awaitable[None]], tries: int) -> _Outcome:
+    async def _attempt(self, send: Callable[[], Awaitable[str | None]], tries: int) -> _Outcome:
         outcome = _Outcome(ok=False)
         for i in range(tries):
             outcome.attempts += 1
             try:
-                await send()
+                note = await send()
             except PermanentDeliveryError as exc:
                 return _Outcome(ok=False, permanent=True, error=str(exc), attempts=outcome.attempts)
             except RetriableDeliveryError as exc:
-                outcome.error, outcome.retry_after = str(exc), exc.retry_after
+                outcome.error, outcome.retry_after = str(exc), self.policy.honoured(exc.retry_after)
             except Exception as exc:  # a bug or an unforeseen library error: keep the delivery, retry later
                 outcome.error, outcome.retry_after = f"{type(exc).__name__}: {exc}", None
             else:
-                return _Outcome(ok=True, attempts=outcome.attempts)
+                return _Outcome(ok=True, attempts=outcome.attempts, note=note)
             if i + 1 < tries:
                 wait = outcome.retry_after if outcome.retry_after is not None else self.policy.inline_backoff * 2**i
                 if wait > self.policy.max_inline_wait:
@@ -362,21 +482,24 @@ class Dispatcher:
                 await self.sleep(wait)
         return outcome
 
-    async def _record(self, sub: Subscription, record: DeliveryRecord, outcome: _Outcome) -> DeliveryRecord:
+    async def _record(self, record: DeliveryRecord, outcome: _Outcome) -> DeliveryRecord:
         now = self.clock()
         attempts = record.attempts + outcome.attempts
+        name = record.subscription
         if outcome.ok:
-            done = record.but(status="sent", attempts=attempts, error=None, at=now, next_attempt_at=None)
-            log.info("delivered alert %s #%d to %s via %s", record.alert_id, record.sequence, sub.name, record.channel)
-        elif outcome.permanent or now - record.created_at >= self.policy.give_up_after:
+            done = record.but(status="sent", attempts=attempts, error=outcome.note, at=now, next_attempt_at=None)
+            log.info("delivered alert %s #%d to %s via %s", record.alert_id, record.sequence, name, record.channel)
+            if outcome.note:
+                log.warning("alert %s #%d to %s: %s", record.alert_id, record.sequence, name, outcome.note)
+        elif outcome.permanent or self.policy.gives_up(record, now):
             error = outcome.error if outcome.permanent else f"gave up after {attempts} attempts: {outcome.error}"
             done = record.but(status="failed", attempts=attempts, error=error, at=now, next_attempt_at=None)
-            log.error("delivery of alert %s #%d to %s failed: %s", record.alert_id, record.sequence, sub.name, error)
+            log.error("delivery of alert %s #%d to %s failed: %s", record.alert_id, record.sequence, name, error)
         else:
             when = now + self.policy.later(attempts, outcome.retry_after)
             done = record.but(status="pending", attempts=attempts, error=outcome.error, at=now, next_attempt_at=when)
             log.warning("delivery of alert %s #%d to %s will be retried at %s: %s",
-                        record.alert_id, record.sequence, sub.name, when.isoformat(), outcome.error)
+                        record.alert_id, record.sequence, name, when.isoformat(), outcome.error)
         await self.log.put(done)
         return done
 
@@ -387,3 +510,16 @@ class Dispatcher:
         key = f"test:{alert.id}:{alert.sequence}:{name}"
         outcome = await self._attempt(lambda: notifier.send(alert, key), self.policy.inline_attempts)
         return outcome.ok, outcome.attempts, outcome.error
+
+
+def _first_attempt(record: DeliveryRecord, now: datetime) -> datetime | None:
+    """When the record's first send attempt was: ``now`` if this is it. A record from before
+    ``first_attempt_at`` existed that was tried already keeps None (give-up counts from created_at)."""
+    return record.first_attempt_at or (now if record.attempts == 0 else None)
+
+
+def _raise_first(unrecorded: list[Exception]) -> None:
+    """An error that could not be recorded must not vanish: the caller sees the first (all
+    were logged), so the event is handled again (idempotency keys skip what was done)."""
+    if unrecorded:
+        raise unrecorded[0]

@@ -2,7 +2,9 @@
 
 Every notifier has ``send(alert, event_key)`` and ``send_digest(alerts, event_key)``;
 ``event_key`` is the delivery's idempotency key (the same on every retry). Failures raise
-``RetriableDeliveryError`` or ``PermanentDeliveryError`` (see errors.py).
+``RetriableDeliveryError`` or ``PermanentDeliveryError`` (see errors.py). A send that went
+through but not entirely (a mail server that refused some of the recipients) returns a note
+saying so, which the dispatcher keeps on the delivery record; otherwise it returns None.
 """
 
 from __future__ import annotations
@@ -41,9 +43,9 @@ __all__ = [
 
 
 class Notifier(Protocol):
-    async def send(self, alert: Alert, event_key: str) -> None: ...
+    async def send(self, alert: Alert, event_key: str) -> str | None: ...
 
-    async def send_digest(self, alerts: list[Alert], event_key: str) -> None: ...
+    async def send_digest(self, alerts: list[Alert], event_key: str) -> str | None: ...
 
 
 def build_notifier(channel: Channel, client: httpx.AsyncClient | None = None) -> Notifier:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -36,20 +37,29 @@ for _name in ("httpx", "httpcore"):
 
 
 def _retry_after(response: httpx.Response) -> float | None:
+    """Seconds the receiver asked us to wait: None if it did not say, or said nonsense ("nan").
+    The dispatcher caps what it honours (a receiver may ask for ten years)."""
     value = response.headers.get("retry-after")
     if not value:
         return None
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
-        pass
+        seconds = _seconds_until(value, response.headers.get("date"))
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return max(seconds, 0.0)
+
+
+def _seconds_until(when_text: str, date_text: str | None) -> float | None:
     try:
-        when = parsedate_to_datetime(value)
+        when = parsedate_to_datetime(when_text)
+        now = parsedate_to_datetime(date_text) if date_text else None
     except (TypeError, ValueError):
         return None
-    date = response.headers.get("date")
-    now = parsedate_to_datetime(date) if date else None
-    return max((when - now).total_seconds(), 0.0) if now else None
+    if now is None or (when.tzinfo is None) != (now.tzinfo is None):
+        return None
+    return (when - now).total_seconds()
 
 
 def _scrub(text: str, raw_url: str) -> str:

@@ -1,15 +1,16 @@
 from __future__ import annotations
 
 import logging
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from schemas.records import Alert
-from streams.alerting.delivery import Dispatcher, InMemoryDeliveryLog, RetryPolicy
+from streams.alerting.delivery import DeliveryRecord, Dispatcher, InMemoryDeliveryLog, RetryPolicy
 from streams.alerting.notifiers.errors import PermanentDeliveryError, RetriableDeliveryError
-from streams.alerting.subscriptions import Subscription
+from streams.alerting.subscriptions import QuietHours, Subscription
 
 # 2024-07-01 02:00 UTC is 12:00 in Sydney (UTC+10): outside quiet hours.
 NOON = datetime(2024, 7, 1, 2, 0, tzinfo=UTC)
@@ -217,3 +218,191 @@ async def test_removed_subscription_is_recorded_as_failed() -> None:
     d2 = Dispatcher([], log, clock=clock)
     [record] = await d2.retry_due(MORNING)
     assert record.status == "failed" and "no longer configured" in (record.error or "")
+
+
+@pytest.mark.parametrize("asked", [math.nan, math.inf, -math.inf, 1e12])
+async def test_an_absurd_retry_after_is_capped_and_the_delivery_still_gives_up(asked: float) -> None:
+    n = FakeNotifier(*[RetriableDeliveryError("429", retry_after=asked)] * 100)
+    d, _, clock, _ = make([sub()], {"ops": n})
+    [record] = await d.dispatch(alert())
+    assert record.status == "pending" and record.next_attempt_at is not None
+    assert NOON < record.next_attempt_at <= NOON + timedelta(hours=24)
+    while record.status == "pending":
+        clock.now = record.next_attempt_at  # type: ignore[assignment]
+        [record] = await d.retry_due()
+    assert record.status == "failed" and (record.error or "").startswith("gave up after")
+
+
+async def test_an_unexpected_error_for_one_subscriber_is_recorded_and_the_others_still_served(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(self: QuietHours, now: datetime) -> bool:
+        raise TypeError("can't compare offset-naive and offset-aware times")
+
+    monkeypatch.setattr(QuietHours, "is_quiet", broken)
+    ops, comms = FakeNotifier(), FakeNotifier()
+    quiet = {"start": "22:00", "end": "07:00"}
+    d, log, clock, _ = make([sub("ops", quiet_hours=quiet), sub("comms")], {"ops": ops, "comms": comms})
+    results = {r.subscription: r for r in await d.dispatch(alert())}
+    assert results["comms"].status == "sent" and len(comms.sent) == 1
+    kept = log.records["a1:0:ops"]
+    assert results["ops"] == kept and kept.status == "pending"
+    assert "TypeError: can't compare" in (kept.error or "") and kept.next_attempt_at is not None
+    # Kept, not dropped: the next pass sends it.
+    clock.now = kept.next_attempt_at
+    [again] = await d.retry_due()
+    assert again.status == "sent" and [k for k, _ in ops.sent] == ["a1:0:ops"]
+
+
+class FlakyLog(InMemoryDeliveryLog):
+    """A delivery log whose sent-sequence lookup fails for one subscription."""
+
+    def __init__(self, broken_for: str) -> None:
+        super().__init__()
+        self.broken_for = broken_for
+
+    async def latest_sent_sequence(self, subscription: str, alert_id: str) -> int | None:
+        if subscription == self.broken_for:
+            raise RuntimeError("search failed")
+        return await super().latest_sent_sequence(subscription, alert_id)
+
+
+async def test_retry_due_isolates_each_subscribers_deliveries() -> None:
+    ops, comms = FakeNotifier(), FakeNotifier()
+    quiet = {"start": "22:00", "end": "07:00", "timezone": "Australia/Sydney"}
+    log, clock = FlakyLog("ops"), Clock(NIGHT)
+    d = Dispatcher([sub("ops", quiet_hours=quiet), sub("comms", quiet_hours=quiet)], log,
+                   notifiers={"ops": ops, "comms": comms}, clock=clock)
+    assert {r.status for r in await d.dispatch(alert())} == {"held"}
+    clock.now = MORNING
+    results = {r.subscription: r for r in await d.retry_due()}
+    assert results["comms"].status == "sent" and len(comms.sent) == 1
+    assert results["ops"].status == "pending" and "RuntimeError: search failed" in (results["ops"].error or "")
+    # It keeps failing: it is retried with backoff and given up a day after that first try, not kept forever.
+    record = results["ops"]
+    while record.status == "pending":
+        clock.now = record.next_attempt_at  # type: ignore[assignment]
+        [record] = await d.retry_due()
+    assert record.status == "failed" and clock.now >= MORNING + timedelta(hours=24)
+
+
+async def test_an_error_the_log_cannot_record_is_raised_after_the_others_were_served() -> None:
+    class DownForOps(InMemoryDeliveryLog):
+        async def get(self, record_id: str) -> DeliveryRecord | None:
+            if record_id.endswith(":ops"):
+                raise ConnectionError("elasticsearch unreachable")
+            return await super().get(record_id)
+
+    ops, comms = FakeNotifier(), FakeNotifier()
+    log = DownForOps()
+    d = Dispatcher([sub("ops"), sub("comms")], log, notifiers={"ops": ops, "comms": comms}, clock=Clock(NOON))
+    with pytest.raises(ConnectionError):
+        await d.dispatch(alert())
+    assert log.records["a1:0:comms"].status == "sent"
+
+
+async def test_time_held_does_not_count_against_giving_up() -> None:
+    policy = RetryPolicy(inline_attempts=1, give_up_after=timedelta(hours=1))
+    n = FakeNotifier(*[RetriableDeliveryError("503")] * 100)
+    d, log, clock, _ = make([sub(digest="2h", topics=["*"])], {"ops": n}, policy=policy)
+    clock.now = NOON + timedelta(minutes=1)
+    [held] = await d.dispatch(alert())
+    release = NOON + timedelta(hours=2)
+    assert held.next_attempt_at == release  # held for 1h59m, longer than give_up_after
+    clock.now = release
+    [record] = await d.retry_due()
+    # One failed try after a long hold is not a day of failing: it is retried...
+    assert record.status == "pending" and record.first_attempt_at == release
+    while record.status == "pending":
+        clock.now = record.next_attempt_at  # type: ignore[assignment]
+        [record] = await d.retry_due()
+    # ...until give_up_after has passed since that first try.
+    assert record.status == "failed" and clock.now >= release + timedelta(hours=1)
+
+
+async def test_a_record_from_before_first_attempt_at_gives_up_from_created_at() -> None:
+    n = FakeNotifier(*[RetriableDeliveryError("503")] * 10)
+    d, log, clock, _ = make([sub()], {"ops": n}, now=NOON + timedelta(hours=25))
+    old = DeliveryRecord.new(alert(), sub(), NOON).but(
+        attempts=5, error="503", next_attempt_at=NOON + timedelta(hours=25)
+    )
+    await log.put(old)
+    [record] = await d.retry_due()
+    assert record.status == "failed" and record.first_attempt_at is None
+
+
+class NotingNotifier(FakeNotifier):
+    async def send(self, alert: Alert, event_key: str) -> str | None:
+        await super().send(alert, event_key)
+        return "smtp://mail:587: sent, but the server refused 1 recipient(s): opps@agency.example (550 no such user)"
+
+
+async def test_a_partial_delivery_is_sent_with_the_note_on_the_record(caplog: pytest.LogCaptureFixture) -> None:
+    d, log, _, _ = make([sub()], {"ops": NotingNotifier()})
+    [record] = await d.dispatch(alert())
+    assert record.status == "sent" and "opps@agency.example (550 no such user)" in (record.error or "")
+    assert log.records[record.id] == record
+    assert "opps@agency.example" in caplog.text
+
+
+async def test_an_all_clear_goes_through_quiet_hours_when_the_alert_was_sent() -> None:
+    n = FakeNotifier()
+    quiet = {"start": "22:00", "end": "07:00", "timezone": "Australia/Sydney"}
+    evening = datetime(2024, 7, 1, 11, 55, tzinfo=UTC)  # 21:55 in Sydney
+    d, _, clock, _ = make([sub(quiet_hours=quiet)], {"ops": n}, now=evening)
+    assert (await d.dispatch(alert(0)))[0].status == "sent"
+    clock.now = NIGHT
+    assert (await d.dispatch(alert(1, status="update")))[0].status == "held"  # updates still wait
+    # The incident opened at 21:55 is closed when it is over, not at 07:00.
+    [resolved] = await d.dispatch(alert(2, status="resolved"))
+    assert resolved.status == "sent" and [k for k, _ in n.sent] == ["a1:0:ops", "a1:2:ops"]
+    clock.now = MORNING
+    assert [r.status for r in await d.retry_due()] == ["superseded"]
+
+
+async def test_an_all_clear_waits_with_an_open_held_by_cooldown() -> None:
+    n = FakeNotifier()
+    d, _, clock, _ = make([sub(cooldown="15m")], {"ops": n})
+    assert (await d.dispatch(alert(0, id="b1")))[0].status == "sent"
+    clock.now = NOON + timedelta(minutes=5)
+    [held] = await d.dispatch(alert(0))
+    assert held.reason == "cooldown"
+    clock.now = NOON + timedelta(minutes=6)
+    # Not an all clear for a spike this subscriber has not been told of: it goes with the open.
+    [waiting] = await d.dispatch(alert(2, status="resolved"))
+    assert waiting.status == "held" and waiting.next_attempt_at == held.next_attempt_at
+    assert [k for k, _ in n.sent] == ["b1:0:ops"]
+    clock.now = NOON + timedelta(minutes=15)
+    assert {r.id: r.status for r in await d.retry_due()} == {"a1:0:ops": "superseded", "a1:2:ops": "sent"}
+    assert [k for k, _ in n.sent] == ["b1:0:ops", "a1:2:ops"]
+
+
+async def test_an_all_clear_waits_with_an_open_still_being_retried() -> None:
+    n = FakeNotifier(RetriableDeliveryError("503"))
+    d, _, clock, _ = make([sub()], {"ops": n}, policy=RetryPolicy(inline_attempts=1))
+    [pending] = await d.dispatch(alert(0))
+    assert pending.status == "pending"
+    [waiting] = await d.dispatch(alert(2, status="resolved"))
+    assert waiting.status == "held" and waiting.next_attempt_at == pending.next_attempt_at and n.sent == []
+    clock.now = pending.next_attempt_at  # type: ignore[assignment]
+    assert {r.id: r.status for r in await d.retry_due()} == {"a1:0:ops": "superseded", "a1:2:ops": "sent"}
+
+
+async def test_a_released_all_clear_waits_again_for_an_open_retried_later() -> None:
+    n = FakeNotifier()
+    d, log, clock, _ = make([sub()], {"ops": n})
+    later = NOON + timedelta(minutes=10)
+    await log.put(DeliveryRecord.new(alert(0), sub(), NOON).but(attempts=1, error="503", next_attempt_at=later))
+    await log.put(DeliveryRecord.new(alert(2, status="resolved"), sub(), NOON).but(
+        status="held", reason="with_alert", next_attempt_at=NOON))
+    [again] = await d.retry_due()
+    assert again.status == "held" and again.next_attempt_at == later and n.sent == []
+
+
+async def test_an_all_clear_for_an_alert_never_announced_is_not_sent() -> None:
+    n = FakeNotifier()
+    d, log, _, _ = make([sub()], {"ops": n})
+    # e.g. a subscription added while the alert was open: it never heard of the spike.
+    [record] = await d.dispatch(alert(2, status="resolved"))
+    assert record.status == "superseded" and "never announced" in (record.error or "")
+    assert n.sent == [] and log.records[record.id] == record

@@ -4,6 +4,8 @@ import hashlib
 import hmac
 import json
 import logging
+import smtplib
+import ssl
 from datetime import UTC, datetime
 
 import httpx
@@ -179,3 +181,117 @@ def test_a_test_alert_says_so_in_its_title_on_every_channel() -> None:
     resolved = RESOLVED.model_copy(update={"config_version": "test"})
     assert build_message(channel, [resolved], "t:2:mail", digest=False)["Subject"].startswith("[TEST] [RESOLVED]")
     assert not build_message(channel, [ALERT], "a:0:mail", digest=False)["Subject"].startswith("[TEST]")
+
+
+class FakeSMTP:
+    """Stands in for smtplib.SMTP / SMTP_SSL: remembers how it was built and what it was told."""
+
+    instances: list[FakeSMTP] = []
+    refused: dict[str, tuple[int, bytes]] = {}
+    quit_error: Exception | None = None
+
+    def __init__(self, host: str, port: int, timeout: float = 0, context: ssl.SSLContext | None = None) -> None:
+        self.host, self.port, self.context = host, port, context
+        self.starttls_context: ssl.SSLContext | None = None
+        self.sent: list[object] = []
+        self.closed = False
+        FakeSMTP.instances.append(self)
+
+    def __enter__(self) -> FakeSMTP:
+        return self
+
+    def __exit__(self, *exc: object) -> None:  # as smtplib's: QUIT, then close
+        try:
+            self.quit()
+        except smtplib.SMTPServerDisconnected:
+            pass
+        finally:
+            self.close()
+
+    def starttls(self, context: ssl.SSLContext | None = None) -> None:
+        self.starttls_context = context
+
+    def login(self, user: str, password: str) -> None:
+        pass
+
+    def send_message(self, msg: object) -> dict[str, tuple[int, bytes]]:
+        self.sent.append(msg)
+        return dict(self.refused)
+
+    def quit(self) -> None:
+        if self.quit_error is not None:
+            raise self.quit_error
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def smtp(monkeypatch: pytest.MonkeyPatch) -> type[FakeSMTP]:
+    FakeSMTP.instances, FakeSMTP.refused, FakeSMTP.quit_error = [], {}, None
+    monkeypatch.setattr(smtplib, "SMTP", FakeSMTP)
+    monkeypatch.setattr(smtplib, "SMTP_SSL", FakeSMTP)
+    return FakeSMTP
+
+
+def email_channel(**fields: object) -> EmailChannel:
+    return EmailChannel.model_validate({"type": "email", "host": "mail.agency.example", "port": 465,
+                                        "from": "earful@agency.example", "to": ["ops@agency.example"], **fields})
+
+
+@pytest.mark.parametrize("security", ["tls", "starttls"])
+async def test_email_checks_the_servers_certificate_and_name(smtp: type[FakeSMTP], security: str) -> None:
+    await build_notifier(email_channel(security=security)).send(ALERT, "a1b2c3:0:mail")
+    [conn] = smtp.instances
+    context = conn.context if security == "tls" else conn.starttls_context
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+
+
+async def test_email_names_the_recipients_the_server_refused(smtp: type[FakeSMTP],
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    smtp.refused = {"opps@agency.example": (550, b"5.1.1 no such user")}
+    channel = email_channel(to=["ops@agency.example", "opps@agency.example"])
+    note = await build_notifier(channel).send(ALERT, "a1b2c3:0:mail")
+    assert note is not None and "refused 1 recipient(s)" in note
+    assert "opps@agency.example (550 5.1.1 no such user)" in note
+    assert "opps@agency.example" in caplog.text
+    # Every recipient accepted: nothing to say.
+    smtp.refused = {}
+    assert await build_notifier(channel).send(ALERT, "a1b2c3:0:mail") is None
+
+
+async def test_email_all_recipients_refused_is_a_failure(smtp: type[FakeSMTP], monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: FakeSMTP, msg: object) -> None:
+        raise smtplib.SMTPRecipientsRefused({"opps@agency.example": (550, b"no such user")})
+
+    monkeypatch.setattr(FakeSMTP, "send_message", refuse)
+    with pytest.raises(PermanentDeliveryError, match="recipients refused"):
+        await build_notifier(email_channel()).send(ALERT, "a1b2c3:0:mail")
+
+
+@pytest.mark.parametrize("error", [smtplib.SMTPResponseException(421, b"bye"), smtplib.SMTPServerDisconnected("gone"),
+                                   ConnectionResetError("reset")])
+async def test_email_an_error_on_quit_after_the_message_was_taken_is_not_a_failure(
+    smtp: type[FakeSMTP], error: Exception
+) -> None:
+    smtp.quit_error = error
+    assert await build_notifier(email_channel()).send(ALERT, "a1b2c3:0:mail") is None
+    [conn] = smtp.instances
+    assert len(conn.sent) == 1 and conn.closed
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ({"Retry-After": "nan"}, None),
+    ({"Retry-After": "inf"}, None),
+    ({"Retry-After": "-5"}, 0.0),
+    ({"Retry-After": "1e12"}, 1e12),  # a number, if a silly one: the dispatcher caps it
+    ({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT", "Date": "Wed, 21 Oct 2015 07:27:00 GMT"}, 60.0),
+    ({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT", "Date": "Wed, 21 Oct 2015 07:27:00 -0000"}, None),
+    ({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT", "Date": "yesterday"}, None),
+])
+async def test_retry_after_is_a_finite_number_of_seconds_or_none(headers: dict[str, str], expected: float | None) -> None:
+    rec = Recorder(503, headers=headers)
+    with pytest.raises(RetriableDeliveryError) as info:
+        await build_notifier(SlackChannel(type="slack", url=SECRET_URL), rec.client()).send(ALERT, "k")
+    assert info.value.retry_after == expected
