@@ -71,15 +71,15 @@ class Throughput:
 
 
 def hold(events: list[Any]) -> None:
-    """Keep the records of a batch that was not stored from ever being committed.
+    """Keep the records of a batch that was not stored from being committed.
 
     ``take_events`` acknowledges every event of a batch when the body that handled it exits,
     by an exception or a cancellation too, and the consumer then commits past them: a batch
     lost. A message already marked acknowledged is skipped by that acknowledgement and never
-    reaches the consumer's list of committable offsets, so commits on its partition stop
-    before it and whoever reads the partition next (this worker after a restart, another
-    after a rebalance) reads it again. It also lets a stop or a rebalance, which wait for
-    unacknowledged messages, go ahead.
+    joins the consumer's committable offsets, so whoever reads the partition next (this worker
+    after a restart, another after a rebalance) reads it again. It also lets a stop, which
+    waits for unacknowledged messages, go ahead. Faust may still commit past such a hole when
+    later records of the partition are acknowledged, so after a hold the worker stops.
     """
     for event in events:
         event.message.acked = True
@@ -102,7 +102,7 @@ def register(app: faust.App, settings: Settings, tagger: pipeline.TaggerLike, si
     async def write(docs: list[dict[str, Any]], batch: pipeline.Batch) -> tuple[list[dict[str, Any]], int]:
         """Index a slice: the documents stored (new or overwritten) and how many were new; what
         the search server refuses joins the batch's rejections."""
-        result = await sink.write(docs, abandon=lambda: bool(app.should_stop or app.rebalancing))
+        result = await sink.write(docs, abandon=lambda: bool(app.should_stop))
         if not result.refused:
             return docs, len(result.created)
         by_id = {d["id"]: d for d in docs}
@@ -156,15 +156,19 @@ def register(app: faust.App, settings: Settings, tagger: pipeline.TaggerLike, si
                 await store(events)
             except WriteAbandoned:
                 hold(events)
-                log.warning("the worker is stopping or handing over partitions while the search server "
-                            "refuses writes: %d records left unacknowledged, to be read again", len(events))
+                log.warning("the worker is stopping while the search server refuses writes: %d records "
+                            "left unacknowledged, to be read again", len(events))
             except asyncio.CancelledError:
                 hold(events)  # the worker is stopping in the middle of the batch
                 raise
-            except Exception:
+            except Exception as exc:
+                # Going on would acknowledge later records of the same partitions, and Faust can
+                # commit past a hole at the head of a partition: stop instead, holding the batch.
                 hold(events)
-                log.exception("a batch of %d records could not be stored: left unacknowledged, to be read "
-                              "again when the worker restarts or partitions move", len(events))
+                log.exception("a batch of %d records could not be stored: the worker stops without "
+                              "acknowledging it, and reads it again when restarted", len(events))
+                await app.crash(exc)
+                return
 
     @app.timer(5.0)
     async def reload_taxonomy() -> None:

@@ -29,6 +29,8 @@ class FaultyProxy:
         parts = urlsplit(upstream)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 9200
         self.refuse: int | None = None
+        #: answer bulk requests with a 200 that is no bulk response (a broken gateway)
+        self.garble = False
         self.refused = 0
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -46,9 +48,12 @@ class FaultyProxy:
                     status = proxy.refuse if "_bulk" in self.path else None
                     if status is not None:
                         proxy.refused += 1
+                    elif proxy.garble and "_bulk" in self.path:
+                        proxy.refused += 1
+                        status = 200
                 if status is not None:
-                    payload = (b'{"error":{"type":"refused_by_test","reason":"bulk refused"},"status":%d}'
-                               % status)
+                    payload = (b'{"took":1}' if status == 200 else
+                               b'{"error":{"type":"refused_by_test","reason":"bulk refused"},"status":%d}' % status)
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("X-Elastic-Product", "Elasticsearch")
@@ -87,6 +92,10 @@ class FaultyProxy:
     def set_refuse(self, status: int | None) -> None:
         with self.lock:
             self.refuse = status
+
+    def set_garble(self, garble: bool) -> None:
+        with self.lock:
+            self.garble = garble
 
     def __enter__(self) -> FaultyProxy:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -156,5 +165,46 @@ def test_a_worker_stopped_while_the_search_server_refuses_loses_nothing(stack: S
     proxy.set_refuse(None)
 
     stack.start_worker(EARFUL_ES_URL=proxy.url)
-    wait_for(lambda: (first | during) <= _indexed(stack) or None, timeout=120,
-             what="the held mentions, read again by the next worker")
+    try:
+        wait_for(lambda: (first | during) <= _indexed(stack) or None, timeout=120,
+                 what="the held mentions, read again by the next worker")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{_offsets(stack)}") from None
+
+
+def test_a_batch_that_fails_unexpectedly_stops_the_worker_and_is_read_again(
+        stack: Stack, proxy: FaultyProxy) -> None:
+    worker = stack.start_worker(EARFUL_ES_URL=proxy.url)
+    first = _send(stack, "before", 5)
+    wait_for(lambda: first <= _indexed(stack) or None, timeout=90, what="the first mentions")
+
+    proxy.set_garble(True)  # a gateway answers the bulk request with something else
+    during = _send(stack, "during", 20)
+    wait_for(lambda: worker.poll() is not None or None, timeout=90, what="the worker to stop")
+    assert worker.returncode != 0
+    assert "could not be stored" in stack.worker_logs()
+    proxy.set_garble(False)
+
+    stack.start_worker(EARFUL_ES_URL=proxy.url)
+    try:
+        wait_for(lambda: (first | during) <= _indexed(stack) or None, timeout=120,
+                 what="the batch that failed, read again after the restart")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{_offsets(stack)}") from None
+
+
+def _offsets(stack: Stack) -> str:
+    """The worker group's committed offsets on the raw topic beside the topic's end offsets."""
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+    servers = stack.settings.kafka_servers
+    admin = KafkaAdminClient(bootstrap_servers=servers)
+    consumer = KafkaConsumer(bootstrap_servers=servers)
+    try:
+        committed = admin.list_consumer_group_offsets(stack.settings.app_id)
+        tps = [TopicPartition(stack.settings.topic_raw, p) for p in range(stack.settings.raw_partitions)]
+        ends = consumer.end_offsets(tps)
+        return "\n".join(f"partition {tp.partition}: committed {committed.get(tp)}, end {ends[tp]}" for tp in tps)
+    finally:
+        admin.close()
+        consumer.close()
