@@ -182,7 +182,7 @@ def test_a_batch_that_fails_unexpectedly_stops_the_worker_and_is_read_again(
     during = _send(stack, "during", 20)
     wait_for(lambda: worker.poll() is not None or None, timeout=90, what="the worker to stop")
     assert worker.returncode != 0
-    assert "could not be stored" in stack.worker_logs()
+    assert "could not be stored" in stack.logs[-1].read_text(errors="replace")
     proxy.set_garble(False)
 
     stack.start_worker(EARFUL_ES_URL=proxy.url)
