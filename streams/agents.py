@@ -7,16 +7,20 @@ one slice tagged while the previous one is being indexed), sends what is invalid
 batch's records. Offsets are therefore committed only past mentions that are
 stored (in Elasticsearch) or rejected (in Kafka, acked): a worker killed at any
 point loses nothing, and the records it re-reads overwrite the same documents.
+A batch that cannot be stored is never acknowledged: while Elasticsearch refuses it the
+sink retries, and if the worker is told to stop meanwhile, or the batch fails in any other
+way, the process ends at once (``exit_holding``) and the next worker reads it again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 
@@ -70,19 +74,29 @@ class Throughput:
             self._last_log, self._last_mentions = now, self.mentions
 
 
-def hold(events: list[Any]) -> None:
-    """Keep the records of a batch that was not stored from being committed.
+def exit_holding(events: list[Any], code: int) -> NoReturn:
+    """End the worker process at once, before anything can acknowledge ``events``.
 
     ``take_events`` acknowledges every event of a batch when the body that handled it exits,
     by an exception or a cancellation too, and the consumer then commits past them: a batch
-    lost. A message already marked acknowledged is skipped by that acknowledgement and never
-    joins the consumer's committable offsets, so whoever reads the partition next (this worker
-    after a restart, another after a rebalance) reads it again. It also lets a stop, which
-    waits for unacknowledged messages, go ahead. Faust may still commit past such a hole when
-    later records of the partition are acknowledged, so after a hold the worker stops.
+    not stored would be lost. Faust's own shutdown commits too, and its commit logic can pass
+    a hole in a partition's acknowledged offsets. Ending the process here commits nothing
+    more: the batch, and whatever was stored after the last commit (written again under the
+    same ids, counted once by id), is read again by the next worker.
     """
+    log.warning("stopping the worker without acknowledging %d records; they are read again by the next "
+                "worker (%s)", len(events), _where(events))
+    logging.shutdown()
+    os._exit(code)
+
+
+def _where(events: list[Any]) -> str:
+    """The partitions and offsets of a batch, for a log line: "mentions.raw[0] 12-19, mentions.raw[3] 7-9"."""
+    spans: dict[tuple[str, int], list[int]] = {}
     for event in events:
-        event.message.acked = True
+        spans.setdefault((event.message.topic, event.message.partition), []).append(event.message.offset)
+    return ", ".join(f"{topic}[{partition}] {min(offsets)}-{max(offsets)}"
+                     for (topic, partition), offsets in sorted(spans.items()))
 
 
 def register(app: faust.App, settings: Settings, tagger: pipeline.TaggerLike, sink: ElasticsearchSink,
@@ -155,20 +169,14 @@ def register(app: faust.App, settings: Settings, tagger: pipeline.TaggerLike, si
             try:
                 await store(events)
             except WriteAbandoned:
-                hold(events)
-                log.warning("the worker is stopping while the search server refuses writes: %d records "
-                            "left unacknowledged, to be read again", len(events))
+                log.warning("the worker is stopping while the search server refuses writes")
+                exit_holding(events, 0)
             except asyncio.CancelledError:
-                hold(events)  # the worker is stopping in the middle of the batch
-                raise
-            except Exception as exc:
-                # Going on would acknowledge later records of the same partitions, and Faust can
-                # commit past a hole at the head of a partition: stop instead, holding the batch.
-                hold(events)
-                log.exception("a batch of %d records could not be stored: the worker stops without "
-                              "acknowledging it, and reads it again when restarted", len(events))
-                await app.crash(exc)
-                return
+                exit_holding(events, 0)  # the worker is stopping in the middle of the batch
+            except Exception:
+                # Going on would acknowledge later records of the same partitions.
+                log.exception("a batch of %d records could not be stored", len(events))
+                exit_holding(events, 1)
 
     @app.timer(5.0)
     async def reload_taxonomy() -> None:
