@@ -53,8 +53,10 @@ class Settings(BaseSettings):
     worker_web_port: int = 6066
     batch_size: int = Field(default=2000, ge=1)
     batch_within: float = Field(default=0.5, gt=0)
-    # Two actors: one tags a batch while the other's bulk request is in flight.
-    worker_concurrency: int = Field(default=2, ge=1)
+    # One actor: it tags the next slice of a batch while the previous slice's bulk request is in
+    # flight. With two, Faust can commit past one actor's batch still in flight when the other
+    # acknowledges later offsets (faust-streaming issue #606), and a restart then skips it.
+    worker_concurrency: int = Field(default=1, ge=1)
     # Short group timeouts: a consumer-group join waits on them, and the embedded
     # broker waits out the whole rebalance window.
     broker_session_timeout: float = 6.0
