@@ -156,6 +156,7 @@ def test_a_worker_stopped_while_the_search_server_refuses_exits_without_committi
     worker = stack.start_worker(EARFUL_ES_URL=proxy.url)
     first = _send(stack, "before", 5)
     wait_for(lambda: first <= _indexed(stack) or None, timeout=90, what="the first mentions")
+    _first_committed(stack)
 
     proxy.set_refuse(503)
     during = _send(stack, "during", 20)
@@ -172,6 +173,7 @@ def test_a_batch_that_fails_unexpectedly_stops_the_worker_without_committing_it(
     worker = stack.start_worker(EARFUL_ES_URL=proxy.url)
     first = _send(stack, "before", 5)
     wait_for(lambda: first <= _indexed(stack) or None, timeout=90, what="the first mentions")
+    _first_committed(stack)
 
     proxy.set_garble(True)  # a gateway answers the bulk request with something else
     during = _send(stack, "during", 20)
@@ -181,23 +183,33 @@ def test_a_batch_that_fails_unexpectedly_stops_the_worker_without_committing_it(
     _assert_not_committed(stack, during)
 
 
+def _committed(stack: Stack) -> dict[int, int]:
+    """The worker group's committed offset per partition of the raw topic."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=stack.settings.kafka_servers)
+    try:
+        offsets = admin.list_group_offsets({stack.settings.app_id: None}).get(stack.settings.app_id) or {}
+    finally:
+        admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == stack.settings.topic_raw}
+
+
+def _first_committed(stack: Stack) -> None:
+    """Wait until the worker has committed the first mentions: the group's offsets are there to check."""
+    wait_for(lambda: _committed(stack) or None, timeout=30, what="the first mentions' offsets committed")
+
+
 def _assert_not_committed(stack: Stack, ids: set[str]) -> None:
     """The worker group's committed offsets stop at or before the first of ``ids`` on every
     partition, so whoever reads the topic next reads all of them."""
-    from kafka import KafkaAdminClient
-
     records = consume_all(stack.settings, stack.settings.topic_raw, expect=10**9, timeout=3)
     first_held: dict[int, int] = {}
     for record in records:
         if record.key is not None and record.key.decode() in ids:
             first_held[record.partition] = min(first_held.get(record.partition, record.offset), record.offset)
     assert sum(1 for r in records if r.key is not None and r.key.decode() in ids) == len(ids)
-    admin = KafkaAdminClient(bootstrap_servers=stack.settings.kafka_servers)
-    try:
-        committed = admin.list_group_offsets({stack.settings.app_id: None}).get(stack.settings.app_id) or {}
-    finally:
-        admin.close()
-    past = {tp.partition: meta.offset for tp, meta in committed.items()
-            if tp.topic == stack.settings.topic_raw and tp.partition in first_held
-            and meta.offset > first_held[tp.partition]}
+    committed = _committed(stack)
+    assert committed, "the group has no committed offsets: the check below would prove nothing"
+    past = {p: offset for p, offset in committed.items() if p in first_held and offset > first_held[p]}
     assert not past, f"committed past held records: {past}, first held offsets {first_held}"
