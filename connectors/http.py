@@ -21,8 +21,9 @@ Waits are at least MIN_RETRY_AFTER: "Retry-After: 0" or a reset already past
 must not turn into a tight loop.
 
 A URL may carry a secret in its user info or query string (a feed's
-``?apiKey=``): logs show ``public_url`` (scheme, host and path) instead, also
-the request lines httpx itself logs at INFO.
+``?apiKey=``): our logs and mentions show ``public_url`` (scheme, host and path)
+instead. The request lines httpx itself logs at INFO show scheme and host only
+(``streams.redaction``, shared with alert delivery, whose webhook paths are secrets).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from connectors.base import (
 )
 from connectors.text import Pseudonymiser
 from schemas import Mention
+from streams.redaction import install_log_filter
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +81,7 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-class _PublicUrls(logging.Filter):
-    """Rewrites the URLs httpx logs ("HTTP Request: GET <url>") to their public form."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(public_url(str(arg)) if isinstance(arg, httpx.URL) else arg
-                                for arg in record.args)
-        return True
-
-
-logging.getLogger("httpx").addFilter(_PublicUrls())
+install_log_filter()
 
 
 def _number(value: str | None) -> float | None:

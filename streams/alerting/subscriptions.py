@@ -62,6 +62,7 @@ from pydantic import (
 )
 
 from schemas.records import Alert, Severity
+from streams.redaction import redact_url
 
 __all__ = [
     "Channel",
@@ -87,21 +88,6 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 class SubscriptionError(ValueError):
     """The subscriptions file is wrong; the message says where, and never shows a secret."""
 
-
-
-def redact_url(url: str | SecretStr | None) -> str:
-    """Scheme and host only: the path and query of a webhook URL are its secret."""
-    if url is None:
-        return "<no url>"
-    raw = url.get_secret_value() if isinstance(url, SecretStr) else url
-    try:
-        parts = urlsplit(raw)
-        host = parts.hostname
-    except ValueError:
-        return "<invalid url>"
-    if not parts.scheme or not host:
-        return "<invalid url>"
-    return f"{parts.scheme}://{host}"
 
 
 def _duration(value: Any) -> Any:

@@ -1,13 +1,12 @@
 """The one way notifiers POST: timeouts, status codes mapped to delivery errors, URLs redacted.
 
 httpx logs every request with its full URL at INFO; for a webhook the URL is the credential,
-so a filter on the ``httpx`` logger rewrites URLs to scheme and host before any handler sees them.
+so ``streams.redaction``'s filter rewrites URLs to scheme and host before any handler sees them.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -16,24 +15,12 @@ import httpx
 from pydantic import SecretStr
 
 from streams.alerting.notifiers.errors import PermanentDeliveryError, RetriableDeliveryError
-from streams.alerting.subscriptions import redact_url
+from streams.redaction import install_log_filter, redact_url
 
 __all__ = ["dumps", "post"]
 
 
-class _RedactUrls(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                redact_url(str(arg)) if isinstance(arg, httpx.URL) else arg for arg in record.args
-            )
-        return True
-
-
-_FILTER = _RedactUrls()
-for _name in ("httpx", "httpcore"):
-    if _FILTER not in logging.getLogger(_name).filters:
-        logging.getLogger(_name).addFilter(_FILTER)
+install_log_filter()
 
 
 def _retry_after(response: httpx.Response) -> float | None:
