@@ -17,6 +17,8 @@ on; the poll fails only when every key failed. A rate limit is the platform's,
 shared by every key: half-way, it delivers what was already fetched with the
 cursors of the keys that were read (nothing fetched is thrown away) and the
 runner waits as the platform said; the next poll starts at the key it stopped at.
+RSS is the exception (``limits_per_server``): feeds come from many publishers,
+and one publisher's 429 pauses only the feeds on its server.
 Waits are at least MIN_RETRY_AFTER: "Retry-After: 0" or a reset already past
 must not turn into a tight loop.
 
@@ -215,6 +217,9 @@ class HttpConnector(Connector):
 
     #: the env var (or secret file) to name when the platform says "not authorised"
     credential: str | None = None
+    #: a rate limit is one server's, not the whole source's (RSS: each publisher has its own):
+    #: a key whose server asked for a pause is skipped until it ends, and the other keys go on
+    limits_per_server = False
 
     def __init__(self, name: str, base_url: str, *, poll_interval: float = 60.0, timeout: float = 30.0,
                  headers: Mapping[str, str] | None = None, author_key: SecretStr | None = None,
@@ -228,6 +233,7 @@ class HttpConnector(Connector):
             headers={"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})},
             follow_redirects=True)
         self._not_before = 0.0
+        self._server_not_before: dict[str, float] = {}  # with limits_per_server: server -> end of its pause
         self._resume_at: str | None = None  # the key a rate limit stopped the last poll at
 
     # -- requests -------------------------------------------------------------------------
@@ -238,9 +244,11 @@ class HttpConnector(Connector):
 
         Statuses in ``allow`` come back to the caller (e.g. an expired session it can renew).
         """
-        wait = self._not_before - time.monotonic()
+        server = self._server(url)
+        wait = max(self._not_before, self._server_not_before.get(server, 0.0)) - time.monotonic()
         if wait > 0:
-            raise RateLimited(f"{self.name}: rate-limit window used up", retry_after=_bounded(wait))
+            whose = f"{server}'s" if self.limits_per_server else "the"
+            raise RateLimited(f"{self.name}: {whose} rate-limit window is used up", retry_after=_bounded(wait))
         try:
             # Relative to the configured base URL (which tests point at a local server).
             response = await self.client.request(method, url if "://" in url else url.lstrip("/"), **kwargs)
@@ -248,11 +256,25 @@ class HttpConnector(Connector):
             host = exc.request.url.host if _has_request(exc) else self.client.base_url.host
             raise RetriableError(f"{self.name}: {type(exc).__name__} talking to {host}: {exc}") from None
         if response.status_code not in allow:
-            raise_for_status(response, source=self.name, credential=credential or self.credential)
+            try:
+                raise_for_status(response, source=self.name, credential=credential or self.credential)
+            except RateLimited as exc:
+                if self.limits_per_server:
+                    pause = exc.retry_after if exc.retry_after is not None else self.poll_interval
+                    self._server_not_before[server] = time.monotonic() + max(pause, MIN_RETRY_AFTER)
+                raise
         exhausted = exhausted_for(response.headers)
         if exhausted is not None:
-            self._not_before = time.monotonic() + exhausted
+            if self.limits_per_server:
+                self._server_not_before[server] = time.monotonic() + exhausted
+            else:
+                self._not_before = time.monotonic() + exhausted
         return response
+
+    def _server(self, url: str) -> str:
+        """Host and port a request for ``url`` goes to."""
+        target = httpx.URL(url) if "://" in url else self.client.base_url
+        return target.netloc.decode("ascii", "replace")
 
     async def get_json(self, url: str, **kwargs: Any) -> Any:
         response = await self.request("GET", url, **kwargs)
@@ -300,6 +322,9 @@ class HttpConnector(Connector):
             try:
                 fetched = await self.fetch(key, states.get(key))
             except RateLimited as exc:
+                if self.limits_per_server:
+                    failed[key] = exc  # that server's pause; keys on other servers go on
+                    continue
                 self._resume_at = key
                 self._report(failed)
                 if mentions or rejected or states != before:

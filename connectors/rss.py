@@ -68,6 +68,9 @@ def entry_id(entry: dict[str, Any]) -> str:
 
 
 class RssConnector(HttpConnector):
+    # Feeds come from many publishers: one publisher's 429 pauses its own feeds only.
+    limits_per_server = True
+
     def __init__(self, config: RssConfig, **kwargs: Any) -> None:
         super().__init__(config.name, config.base_url, poll_interval=config.poll_interval,
                          timeout=config.timeout,

@@ -9,6 +9,7 @@ import pytest
 from cases import build
 from fake_platform import FakePlatform, Reply, fixture
 
+from connectors.base import RateLimited
 from connectors.http import public_url
 
 NEWS_IDS = {"CBMiAbc123", "CBMiDef456"}
@@ -73,3 +74,38 @@ async def test_feed_url_secrets_never_show_in_logs_errors_or_mentions(caplog: py
 def test_public_url_keeps_scheme_host_and_path_only() -> None:
     assert public_url("https://u:p@news.example.org:8443/rss/search?q=ATO&key=s#x") == \
         "https://news.example.org:8443/rss/search"
+
+
+async def test_one_publishers_rate_limit_pauses_its_own_feeds_only(caplog: pytest.LogCaptureFixture) -> None:
+    async with FakePlatform() as busy, FakePlatform() as news:
+        busy.on("/rss/a", Reply("slow down", status=429, headers={"Retry-After": "600"}))
+        news.on("/rss/c", rss("news_search.xml"))
+        limited = f"{busy.url}/rss/a"
+        connector = build({"name": "news", "type": "rss", "feeds": [limited, f"{busy.url}/rss/b",
+                                                                    f"{news.url}/rss/c"]})
+        try:
+            with caplog.at_level(logging.WARNING):
+                first = await connector.poll(None)
+                second = await connector.poll(first.next_cursor)
+        finally:
+            await connector.aclose()
+        # The busy publisher was asked once: its other feed, and the next poll, wait for its pause.
+        assert len(busy.seen("/rss/a")) == 1 and busy.seen("/rss/b") == []
+        assert len(news.seen("/rss/c")) == 2
+    assert {m.native_id for m in first.mentions} == NEWS_IDS
+    assert first.rate_limited is None and second.mentions == []
+    assert first.next_cursor is not None and f"feed:{limited}" not in first.next_cursor
+    assert "rate limited" in caplog.text and "rate-limit window is used up" in caplog.text
+
+
+async def test_every_feed_paused_raises_the_rate_limit() -> None:
+    async with FakePlatform() as busy:
+        busy.on("/rss/a", Reply("slow down", status=429, headers={"Retry-After": "600"}))
+        connector = build({"name": "news", "type": "rss", "base_url": busy.url, "feeds": ["/rss/a", "/rss/b"]})
+        try:
+            with pytest.raises(RateLimited) as info:
+                await connector.poll(None)
+        finally:
+            await connector.aclose()
+        assert busy.seen("/rss/b") == []
+    assert info.value.retry_after is not None and 590 < info.value.retry_after <= 600
