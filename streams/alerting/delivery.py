@@ -29,6 +29,11 @@ over, not at 07:00. A subscriber who was sent none of them gets it the way the a
 events go: held with them and released together, when it supersedes them. It never goes out
 alone to someone who was not told of the alert.
 
+One subscription's deliveries of one alert (or its digest) go out one at a time: a retry of
+an older event still on its way and the alert's newer event never cross, so a late "trigger"
+cannot reopen an incident after its "resolve". The worker runs the retry timer where it
+dispatches, on the owner of the alerts topic's only partition.
+
 Records live in a ``DeliveryLog``: Elasticsearch in the worker (``index_deliveries``), a dict in
 unit tests. Held and pending records carry the alert, so a restarted worker still sends them.
 """
@@ -36,10 +41,12 @@ unit tests. Held and pending records carry the alert, so a restarted worker stil
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import weakref
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -268,6 +275,17 @@ class Dispatcher:
         self._notifiers: dict[str, Notifier] = dict(notifiers or {})
         self._own_client = client is None
         self._client = client
+        self._turns: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, subscription: str, group: str) -> AsyncIterator[None]:
+        """One sender at a time per subscription and alert (or digest): a retry of an alert's
+        older event and its newer event never go out at once, in either order."""
+        lock = self._turns.get((subscription, group))
+        if lock is None:
+            lock = self._turns[(subscription, group)] = asyncio.Lock()
+        async with lock:
+            yield
 
     async def aclose(self) -> None:
         if self._own_client and self._client is not None:
@@ -291,7 +309,8 @@ class Dispatcher:
             if not sub.matches(alert):
                 continue
             try:
-                results.extend(await self._dispatch_to(sub, alert))
+                async with self._turn(sub.name, "digest" if sub.digest is not None else alert.id):
+                    results.extend(await self._dispatch_to(sub, alert))
             except Exception as exc:
                 log.exception("delivering alert %s #%d to %s failed unexpectedly", alert.id, alert.sequence, sub.name)
                 record = DeliveryRecord.new(alert, sub, self.clock())
@@ -386,7 +405,8 @@ class Dispatcher:
         unrecorded: list[Exception] = []
         for (name, group), records in groups.items():
             try:
-                results.extend(await self._release(name, group, records, now))
+                async with self._turn(name, group):
+                    results.extend(await self._release(name, group, records, now))
             except Exception as exc:
                 log.exception("sending the due deliveries of %s to %s failed unexpectedly", group, name)
                 results.extend(await self._keep_after_crash(records, exc, unrecorded))
@@ -396,6 +416,12 @@ class Dispatcher:
     async def _release(self, name: str, group: str, records: list[DeliveryRecord], now: datetime) -> list[DeliveryRecord]:
         """Send one subscription's due deliveries of one alert (or its digest)."""
         results: list[DeliveryRecord] = []
+        # Read again: while this waited for its turn, the alert's newer event may have gone out.
+        current = [await self.log.get(r.id) for r in records]
+        records = [r for r in current if r is not None and r.status in ("held", "pending")
+                   and r.next_attempt_at is not None and r.next_attempt_at <= now]
+        if not records:
+            return results
         sub = self.subscriptions.get(name)
         if sub is None:
             for record in records:

@@ -17,7 +17,7 @@ How it fits together::
                  events → the alerts topic (acked), then the series state is saved in the
                  ``alert-series`` table (its changelog survives restarts)
     notify-subscribers: alerts topic → earful-alerts (id = alert id) → Dispatcher → receivers
-    retry timer (leader): held and failed deliveries that have come due
+    retry timer (the alerts partition's owner): held and failed deliveries that have come due
 
 Windows close on the worker's clock, not on the next mention: a topic that goes quiet
 still gets its zeros and its "all clear". Ticks pause while the index agent is working
@@ -210,9 +210,12 @@ class AlertingStream:
                 if self.subscriptions:
                     await self.dispatcher.dispatch(alert)
 
-        @app.timer(30.0, on_leader=True)
+        @app.timer(30.0)
         async def retry_deliveries() -> None:
-            if self.subscriptions:
+            # On the worker that sends the alert events (the alerts topic has one partition):
+            # the dispatcher then keeps a retry and the same alert's next event from crossing.
+            owner = any(tp.topic == self.settings.topic_alerts for tp in app.assignor.assigned_actives())
+            if self.subscriptions and owner:
                 await self.dispatcher.retry_due()
 
         @app.on_before_shutdown.connect

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from datetime import UTC, datetime, timedelta
@@ -406,3 +407,58 @@ async def test_an_all_clear_for_an_alert_never_announced_is_not_sent() -> None:
     [record] = await d.dispatch(alert(2, status="resolved"))
     assert record.status == "superseded" and "never announced" in (record.error or "")
     assert n.sent == [] and log.records[record.id] == record
+
+
+class GatedNotifier(FakeNotifier):
+    """Holds the send of one event until the test opens the gate; records arrivals in order."""
+
+    def __init__(self, gated_sequence: int) -> None:
+        super().__init__()
+        self.gated = gated_sequence
+        self.started = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def send(self, alert: Alert, event_key: str) -> None:
+        if alert.sequence == self.gated:
+            self.started.set()
+            await self.gate.wait()
+        self.sent.append((event_key, alert))
+
+
+async def test_a_retry_in_flight_and_the_alerts_next_event_go_out_one_after_the_other() -> None:
+    n = GatedNotifier(gated_sequence=1)
+    d, log, clock, _ = make([sub()], {"ops": n})
+    assert (await d.dispatch(alert(0)))[0].status == "sent"
+    # The update failed earlier and is due for a retry just as the alert resolves.
+    await log.put(DeliveryRecord.new(alert(1, status="update"), sub(), NOON).but(
+        attempts=1, error="503", next_attempt_at=NOON))
+    retry = asyncio.create_task(d.retry_due())
+    await n.started.wait()  # the update is on its way to the receiver
+    resolve = asyncio.create_task(d.dispatch(alert(2, status="resolved")))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    # The all clear waits for the update: sent now, it could arrive first and the late update
+    # would open a new incident (PagerDuty) after the all clear.
+    assert [k for k, _ in n.sent] == ["a1:0:ops"]
+    n.gate.set()
+    await retry
+    [resolved] = await resolve
+    assert resolved.status == "sent"
+    assert [k for k, _ in n.sent] == ["a1:0:ops", "a1:1:ops", "a1:2:ops"]
+
+
+async def test_a_retry_that_waited_its_turn_does_not_send_what_went_out_meanwhile() -> None:
+    n = GatedNotifier(gated_sequence=0)
+    d, log, clock, _ = make([sub()], {"ops": n})
+    first = asyncio.create_task(d.dispatch(alert(0)))
+    await n.started.wait()
+    # A retry pass sees the same event as due (e.g. its claim's lease ran out) while it is sent.
+    await log.put(DeliveryRecord.new(alert(0), sub(), NOON).but(status="pending", attempts=1,
+                                                                 next_attempt_at=NOON))
+    retry = asyncio.create_task(d.retry_due())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    n.gate.set()
+    assert (await first)[0].status == "sent"
+    assert await retry == []
+    assert [k for k, _ in n.sent] == ["a1:0:ops"]
