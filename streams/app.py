@@ -2,15 +2,52 @@
 
 from __future__ import annotations
 
+import logging
+
 import faust
+from aiokafka.errors import IllegalStateError
+from faust.transport.drivers import aiokafka as kafka_driver
 
 from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Consumer(kafka_driver.Consumer):
+    """Faust's Kafka consumer, which also rewinds the partitions that have no committed offset.
+
+    When a rebalance or a table recovery ends, Faust discards what it fetched in the meantime
+    and seeks every stream partition back to its committed offset (``perform_seek``). A
+    partition with no committed offset yet (a new consumer group, or a partition none of whose
+    records has been committed) is not sought at all. The records fetched before the seek
+    were then skipped for good: a restarted worker never indexed them. Such a partition is now
+    sought to its earliest offset, which is what ``consumer_auto_offset_reset="earliest"``
+    asks for. Reading a record twice is safe: mentions are stored and counted by id.
+    """
+
+    async def perform_seek(self) -> None:
+        await super().perform_seek()
+        if self.app.conf.consumer_auto_offset_reset != "earliest":
+            return
+        uncommitted = [tp for tp in self.assignment()
+                       if not self._is_changelog_tp(tp) and not self._committed_offset.get(tp)]
+        if not uncommitted:
+            return
+        try:
+            for tp, offset in (await self.earliest_offsets(*uncommitted)).items():
+                await self.seek(tp, offset)
+        except IllegalStateError as exc:  # revoked meanwhile: the next assignment seeks again
+            log.warning("could not rewind partitions without a committed offset: %s", exc)
+
+
+class Transport(kafka_driver.Transport):
+    Consumer = Consumer
 
 
 def create_app(settings: Settings) -> faust.App:
     (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
     broker = ";".join(f"kafka://{server}" for server in settings.kafka_servers)
-    return faust.App(
+    app = faust.App(
         settings.app_id,
         broker=broker,
         store="memory://",
@@ -26,3 +63,5 @@ def create_app(settings: Settings) -> faust.App:
         web_enabled=False,
         datadir=str(settings.data_dir / "worker"),
     )
+    app.transport = Transport(app.conf.broker_consumer, app)
+    return app

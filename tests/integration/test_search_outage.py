@@ -167,6 +167,12 @@ def test_a_worker_stopped_while_the_search_server_refuses_exits_without_committi
     assert "without acknowledging" in stack.logs[-1].read_text(errors="replace")
     _assert_not_committed(stack, during)
 
+    # The next worker reads the held records, also on a partition with no committed offset yet.
+    proxy.set_refuse(None)
+    stack.start_worker(EARFUL_ES_URL=proxy.url)
+    wait_for(lambda: (first | during) <= _indexed(stack) or None, timeout=90,
+             what="the held mentions, read again after the restart")
+
 
 def test_a_batch_that_fails_unexpectedly_stops_the_worker_without_committing_it(
         stack: Stack, proxy: FaultyProxy) -> None:
@@ -181,6 +187,11 @@ def test_a_batch_that_fails_unexpectedly_stops_the_worker_without_committing_it(
     assert worker.returncode != 0
     assert "could not be stored" in stack.logs[-1].read_text(errors="replace")
     _assert_not_committed(stack, during)
+
+    proxy.set_garble(False)
+    stack.start_worker(EARFUL_ES_URL=proxy.url)
+    wait_for(lambda: (first | during) <= _indexed(stack) or None, timeout=90,
+             what="the batch that failed, read again after the restart")
 
 
 def _committed(stack: Stack) -> dict[int, int]:
