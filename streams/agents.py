@@ -74,7 +74,7 @@ class Throughput:
             self._last_log, self._last_mentions = now, self.mentions
 
 
-def exit_holding(events: list[Any], code: int) -> NoReturn:
+def exit_holding(events: list[Any], code: int, why: str = "the worker is stopping") -> NoReturn:
     """End the worker process at once, before anything can acknowledge ``events``.
 
     ``take_events`` acknowledges every event of a batch when the body that handled it exits,
@@ -84,8 +84,8 @@ def exit_holding(events: list[Any], code: int) -> NoReturn:
     more: the batch, and whatever was stored after the last commit (written again under the
     same ids, counted once by id), is read again by the next worker.
     """
-    log.warning("stopping the worker without acknowledging %d records; they are read again by the next "
-                "worker (%s)", len(events), _where(events))
+    log.warning("%s: stopping the worker without acknowledging %d records; they are read again by the "
+                "next worker (%s)", why, len(events), _where(events))
     logging.shutdown()
     os._exit(code)
 
@@ -169,14 +169,13 @@ def register(app: faust.App, settings: Settings, tagger: pipeline.TaggerLike, si
             try:
                 await store(events)
             except WriteAbandoned:
-                log.warning("the worker is stopping while the search server refuses writes")
-                exit_holding(events, 0)
+                exit_holding(events, 0, "the worker is stopping while the search server refuses writes")
             except asyncio.CancelledError:
-                exit_holding(events, 0)  # the worker is stopping in the middle of the batch
+                exit_holding(events, 0, "the worker is stopping in the middle of a batch")
             except Exception:
                 # Going on would acknowledge later records of the same partitions.
                 log.exception("a batch of %d records could not be stored", len(events))
-                exit_holding(events, 1)
+                exit_holding(events, 1, "a batch could not be stored")
 
     @app.timer(5.0)
     async def reload_taxonomy() -> None:
