@@ -29,6 +29,9 @@ over, not at 07:00. A subscriber who was sent none of them gets it the way the a
 events go: held with them and released together, when it supersedes them. It never goes out
 alone to someone who was not told of the alert.
 
+Quiet hours apply to every send, not only the first: a retry of a failed delivery, or one held
+for a cooldown, that comes due at night waits for the morning like a new alert would.
+
 One subscription's deliveries of one alert (or its digest) go out one at a time: a retry of
 an older event still on its way and the alert's newer event never cross, so a late "trigger"
 cannot reopen an incident after its "resolve". The worker runs the retry timer where it
@@ -391,6 +394,15 @@ class Dispatcher:
                 return "cooldown", last + sub.cooldown
         return None
 
+    @staticmethod
+    def _quiet_until(sub: Subscription, record: DeliveryRecord, now: datetime) -> datetime | None:
+        """When a due retry, or a delivery whose cooldown ended, may go out if it came due in the
+        subscriber's quiet hours: the rules of a first send apply (critical and an all clear to a
+        subscriber who heard of the alert go through; the caller has checked the latter)."""
+        if record.severity == "critical" or record.alert_status == "resolved" or sub.quiet_hours is None:
+            return None
+        return sub.quiet_hours.ends_after(now) if sub.quiet_hours.is_quiet(now) else None
+
     async def retry_due(self, now: datetime | None = None) -> list[DeliveryRecord]:
         """Send what has come due: held deliveries whose wait is over, and pending retries.
 
@@ -446,6 +458,10 @@ class Dispatcher:
             if until is not None:
                 results.append(await self._put_held(record, "with_alert", until))
                 return results
+        quiet_until = self._quiet_until(sub, record, now)
+        if quiet_until is not None:
+            results.append(await self._put_held(record, "quiet_hours", quiet_until))
+            return results
         results.extend(await self._deliver(sub, [record], self._tries(record)))
         return results
 

@@ -168,6 +168,51 @@ async def test_critical_goes_through_quiet_hours() -> None:
     assert stale.status == "superseded" and [k for k, _ in n.sent] == ["a1:1:ops"]
 
 
+async def test_a_retry_that_comes_due_in_quiet_hours_waits_for_the_morning() -> None:
+    # The receiver is down at 21:55 Sydney; the retry would come due after 22:00.
+    n = FakeNotifier(*[RetriableDeliveryError("503")] * 3)
+    quiet = {"start": "22:00", "end": "07:00", "timezone": "Australia/Sydney"}
+    evening = NIGHT - timedelta(hours=1, minutes=2)  # 21:58 Sydney
+    d, _, clock, _ = make([sub(quiet_hours=quiet)], {"ops": n}, now=evening)
+    [record] = await d.dispatch(alert(0))
+    assert record.status == "pending" and record.next_attempt_at is not None
+    clock.now = record.next_attempt_at
+    assert QuietHours.model_validate(quiet).is_quiet(clock.now)
+    [held] = await d.retry_due()
+    assert held.status == "held" and held.reason == "quiet_hours" and held.next_attempt_at == MORNING
+    assert held.attempts == 3 and n.sent == []
+    clock.now = MORNING
+    [sent] = await d.retry_due()
+    assert sent.status == "sent" and sent.attempts == 4 and [k for k, _ in n.sent] == ["a1:0:ops"]
+
+
+async def test_a_critical_retry_goes_through_quiet_hours() -> None:
+    n = FakeNotifier(*[RetriableDeliveryError("503")] * 3)
+    quiet = {"start": "22:00", "end": "07:00", "timezone": "Australia/Sydney"}
+    d, _, clock, _ = make([sub(quiet_hours=quiet)], {"ops": n}, now=NIGHT)
+    [record] = await d.dispatch(alert(0, severity="critical"))
+    clock.now = record.next_attempt_at  # type: ignore[assignment]
+    [sent] = await d.retry_due()
+    assert sent.status == "sent" and len(n.sent) == 1
+
+
+async def test_a_cooldown_that_ends_in_quiet_hours_waits_for_the_morning() -> None:
+    n = FakeNotifier()
+    quiet = {"start": "22:00", "end": "07:00", "timezone": "Australia/Sydney"}
+    evening = NIGHT - timedelta(hours=1, minutes=10)  # 21:50 Sydney
+    d, _, clock, _ = make([sub(quiet_hours=quiet, cooldown="30m")], {"ops": n}, now=evening)
+    assert (await d.dispatch(alert(0, id="a1")))[0].status == "sent"
+    clock.now += timedelta(minutes=5)
+    [held] = await d.dispatch(alert(0, id="a2"))
+    assert held.reason == "cooldown" and held.next_attempt_at == evening + timedelta(minutes=30)
+    clock.now = held.next_attempt_at  # type: ignore[assignment]  # 22:20 Sydney
+    [again] = await d.retry_due()
+    assert again.status == "held" and again.reason == "quiet_hours" and again.next_attempt_at == MORNING
+    clock.now = MORNING
+    [sent] = await d.retry_due()
+    assert sent.status == "sent" and [k for k, _ in n.sent] == ["a1:0:ops", "a2:0:ops"]
+
+
 async def test_cooldown_per_subscription_and_topic() -> None:
     n = FakeNotifier()
     d, _, clock, _ = make([sub(cooldown="15m", topics=["*"])], {"ops": n})
@@ -237,8 +282,13 @@ async def test_an_absurd_retry_after_is_capped_and_the_delivery_still_gives_up(a
 async def test_an_unexpected_error_for_one_subscriber_is_recorded_and_the_others_still_served(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    calls = []
+
     def broken(self: QuietHours, now: datetime) -> bool:
-        raise TypeError("can't compare offset-naive and offset-aware times")
+        calls.append(now)
+        if len(calls) == 1:  # the first look at the quiet hours fails
+            raise TypeError("can't compare offset-naive and offset-aware times")
+        return False
 
     monkeypatch.setattr(QuietHours, "is_quiet", broken)
     ops, comms = FakeNotifier(), FakeNotifier()
