@@ -6,8 +6,15 @@ document is either stored or refused for a reason of its own (a mapping error,
 which retrying cannot fix); until then it retries with backoff, so the caller
 acknowledges Kafka records only after their mentions are safe. A whole request
 refused (an overloaded cluster's 429 or 503, an expired API key's 401) is retried
-the same way, and logged as an error when it is about credentials; a request the
-server finds too large is split.
+the same way, and logged as an error when it is about credentials.
+
+Requests hold at most ``max_docs`` documents and ``max_bytes`` bytes (Elasticsearch's
+advice is a few MB to tens of MB; its own limit, ``http.max_content_length``, is 100 MB
+by default). A request the server still finds too large (413) is split in two, again
+and again: a document too large on its own is refused with its reason, and the others
+go in. Only when both halves of a refused request are taken has the server shown a
+smaller size limit, and ``max_bytes`` comes down to it; one oversized document does
+not slow every later request.
 
 The bulk answer also says which documents are new (``created``) and which were
 already there (``updated``), for the worker's progress figures. (Alerting counts
@@ -68,12 +75,14 @@ def _refusal(exc: ApiError) -> str:
 
 class ElasticsearchSink:
     def __init__(self, client: AsyncElasticsearch, index: str, *, max_backoff: float = 30.0,
-                 max_docs: int = 5000) -> None:
+                 max_docs: int = 5000, max_bytes: int = 10 * 2**20) -> None:
         self.client = client
         self.index = index
         self.max_backoff = max_backoff
-        #: documents per bulk request; halved when the search server says a request is too large
+        #: documents per bulk request
         self.max_docs = max_docs
+        #: bytes per bulk request; lowered when the search server shows a smaller limit
+        self.max_bytes = max_bytes
 
     async def write(self, docs: Sequence[dict[str, Any]],
                     abandon: Callable[[], bool] | None = None) -> WriteResult:
@@ -99,13 +108,8 @@ class ElasticsearchSink:
                 failures += 1
                 await self._pause(failures, f"bulk request failed: {exc}", abandon)
                 continue
-            except ApiError as exc:  # the whole request refused: overloaded, credentials, too large
+            except ApiError as exc:  # the whole request refused: overloaded, credentials
                 failures += 1
-                if exc.status_code == 413 and self.max_docs > 1:
-                    self.max_docs = max(1, min(self.max_docs, len(pending)) // 2)
-                    log.warning("bulk request too large for the search server: sending at most %d "
-                                "documents per request", self.max_docs)
-                    continue
                 await self._pause(failures, _refusal(exc), abandon, error=exc.status_code in (401, 403))
                 continue
             retry: dict[str, bytes] = {}
@@ -128,26 +132,48 @@ class ElasticsearchSink:
         return result
 
     async def _bulk(self, pending: dict[str, bytes]) -> list[dict[str, Any]]:
-        """One bulk request per ``max_docs`` documents; their items in order."""
-        action = b'{"index":{"_index":' + orjson.dumps(self.index) + b',"_id":'
-        ids = list(pending)
+        """Bulk requests of at most ``max_docs`` documents and ``max_bytes`` bytes; the items in order."""
+        prefix = b'{"index":{"_index":' + orjson.dumps(self.index) + b',"_id":'
+        operations = {doc_id: prefix + orjson.dumps(doc_id) + b"}}" for doc_id in pending}
         items: list[dict[str, Any]] = []
-        for start in range(0, len(ids), self.max_docs):
-            operations: list[bytes] = []
-            for doc_id in ids[start:start + self.max_docs]:
-                operations.append(action + orjson.dumps(doc_id) + b"}}")
-                operations.append(pending[doc_id])
-            try:
-                response = await self.client.bulk(operations=operations, refresh=False)
-            except ApiError as exc:
-                if exc.status_code != 413 or len(operations) > 2:
-                    raise
-                # One document alone is larger than the server takes: a refusal of its own.
-                items.append({"index": {"_id": ids[start], "status": 413, "error": {
-                    "type": "request_too_large", "reason": "the document alone exceeds the request size limit"}}})
-                continue
-            items.extend(response["items"])
+        chunk: list[str] = []
+        size = 0
+        for doc_id, body in pending.items():
+            length = len(operations[doc_id]) + len(body) + 2
+            if chunk and (len(chunk) >= self.max_docs or size + length > self.max_bytes):
+                items.extend((await self._send(chunk, operations, pending))[0])
+                chunk, size = [], 0
+            chunk.append(doc_id)
+            size += length
+        if chunk:
+            items.extend((await self._send(chunk, operations, pending))[0])
         return items
+
+    async def _send(self, ids: list[str], operations: dict[str, bytes],
+                    pending: dict[str, bytes]) -> tuple[list[dict[str, Any]], bool]:
+        """One bulk request, split in two while the server finds it too large; its items, and
+        whether it went in whole."""
+        body = [line for doc_id in ids for line in (operations[doc_id], pending[doc_id])]
+        try:
+            response = await self.client.bulk(operations=body, refresh=False)
+        except ApiError as exc:
+            if exc.status_code != 413:
+                raise
+            if len(ids) == 1:  # one document alone is larger than the server takes: a refusal of its own
+                return [{"index": {"_id": ids[0], "status": 413, "error": {
+                    "type": "request_too_large",
+                    "reason": "the document alone exceeds the request size limit"}}}], False
+            half = len(ids) // 2
+            first, first_whole = await self._send(ids[:half], operations, pending)
+            second, second_whole = await self._send(ids[half:], operations, pending)
+            if first_whole and second_whole:  # the request's size was the trouble, not one document
+                taken = max(_size(ids[:half], operations, pending), _size(ids[half:], operations, pending))
+                if taken < self.max_bytes:
+                    self.max_bytes = taken
+                    log.warning("bulk requests of %d bytes are too large for the search server: "
+                                "sending at most %d bytes per request", _size(ids, operations, pending), taken)
+            return first + second, False
+        return response["items"], True
 
     async def _pause(self, failures: int, message: str, abandon: Callable[[], bool] | None = None, *,
                      error: bool = False) -> None:
@@ -163,3 +189,7 @@ class ElasticsearchSink:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def _size(ids: list[str], operations: dict[str, bytes], pending: dict[str, bytes]) -> int:
+    return sum(len(operations[doc_id]) + len(pending[doc_id]) + 2 for doc_id in ids)

@@ -23,9 +23,12 @@ def _api_error(status: int) -> ApiError:
 class ScriptedClient:
     """Answers bulk requests from a script of statuses; ``None`` means: index them all."""
 
-    def __init__(self, script: list[int | None], too_large_over: int | None = None) -> None:
+    def __init__(self, script: list[int | None], too_large_over: int | None = None, *,
+                 max_request_bytes: int | None = None, oversized: frozenset[str] = frozenset()) -> None:
         self.script = script
         self.too_large_over = too_large_over
+        self.max_request_bytes = max_request_bytes
+        self.oversized = oversized  # documents too large on their own
         self.requests: list[list[str]] = []
         self.stored: dict[str, dict[str, Any]] = {}
 
@@ -37,6 +40,11 @@ class ScriptedClient:
             status = 413
         if status is None and self.too_large_over == 0:
             status = 413  # every request is too large, even of one document
+        if status is None and self.max_request_bytes is not None and \
+                sum(len(op) + 1 for op in operations) > self.max_request_bytes:
+            status = 413
+        if status is None and self.oversized & set(ids):
+            status = 413
         if status is not None:
             raise _api_error(status)
         items = []
@@ -74,7 +82,42 @@ def test_a_request_too_large_is_split() -> None:
     client = ScriptedClient([], too_large_over=2)
     result = _write(client, 5)
     assert sorted(result.created) == [f"m{i}" for i in range(5)] and not result.refused
-    assert max(len(r) for r in client.requests[1:]) <= 2
+    assert set(client.stored) == {f"m{i}" for i in range(5)}
+
+
+def test_the_servers_size_limit_is_learned_and_kept() -> None:
+    client = ScriptedClient([], max_request_bytes=1500)
+    sink = ElasticsearchSink(client, "mentions", max_backoff=0.001)  # type: ignore[arg-type]
+    docs = [{"id": f"m{i}", "text": f"post {i} " + "x" * 80} for i in range(200)]
+    result = asyncio.run(sink.write(docs))
+    assert len(result.created) == 200 and not result.refused
+    assert sink.max_bytes <= 1500
+    # The next batch is sized to fit from the start: no request is refused.
+    before = len(client.requests)
+    again = asyncio.run(sink.write(docs))
+    assert len(again.updated) == 200
+    sizes = [len(r) for r in client.requests[before:]]
+    assert sum(sizes) == 200 and len(sizes) < 50
+
+
+def test_one_oversized_document_is_refused_and_does_not_shrink_later_requests() -> None:
+    client = ScriptedClient([], oversized=frozenset({"m37"}))
+    sink = ElasticsearchSink(client, "mentions", max_backoff=0.001)  # type: ignore[arg-type]
+    result = asyncio.run(sink.write([{"id": f"m{i}", "text": f"post {i}"} for i in range(100)]))
+    assert [doc_id for doc_id, _ in result.refused] == ["m37"]
+    assert len(result.created) == 99 and "m37" not in client.stored
+    # The next batch goes in one request, as before the oversized document.
+    before = len(client.requests)
+    asyncio.run(sink.write([{"id": f"n{i}", "text": f"post {i}"} for i in range(100)]))
+    assert [len(r) for r in client.requests[before:]] == [100]
+
+
+def test_requests_are_cut_to_the_byte_budget() -> None:
+    client = ScriptedClient([])
+    sink = ElasticsearchSink(client, "mentions", max_backoff=0.001, max_bytes=1000)  # type: ignore[arg-type]
+    asyncio.run(sink.write([{"id": f"m{i}", "text": "y" * 90} for i in range(50)]))
+    assert len(client.stored) == 50 and len(client.requests) > 1
+    assert all(len(r) <= 1000 // 100 for r in client.requests)
 
 
 def test_a_document_too_large_on_its_own_is_refused_with_its_reason() -> None:
