@@ -7,7 +7,10 @@ Placement: each mention goes to the partition its id hashes to (Kafka's own
 murmur2 of the id), so every copy of a mention meets the same worker. One Kafka
 record carries a page of mentions of one partition (``MentionPage``): the
 per-record cost of the broker and the stream processor is paid once per page.
-A cursor is saved only after Kafka acknowledged the whole page (acks=all).
+A cursor is saved only after Kafka acknowledged the whole page (acks=all). A page
+Kafka does not acknowledge (the cluster down, a partition without its replicas)
+keeps that source's cursor where it was: the source backs off and reads the page
+again, while the other sources go on (a mention sent twice is stored once, by id).
 """
 
 from __future__ import annotations
@@ -305,7 +308,19 @@ class Runner:
                     return
                 await self._wait(status, delay)
                 continue
-            await self._deliver(name, page)
+            try:
+                await self._deliver(name, page)
+            except Exception as exc:  # Kafka down or refusing: this source reads the page again later
+                if once:
+                    raise
+                delay = backoff.next_delay()
+                status.record_error("backoff", f"Kafka did not acknowledge the page: {type(exc).__name__}: {exc}")
+                self.producer.send_status(status.as_record())
+                self._errors.error(f"{name}:kafka", "%s: Kafka did not acknowledge %d mentions (%r); the cursor "
+                                   "stays put and the page is read again in %.0fs",
+                                   name, len(page.mentions), exc, delay)
+                await self._wait(status, delay)
+                continue
             cursor = page.next_cursor
             backoff.reset()
             status.record_success(len(page.mentions))

@@ -26,14 +26,18 @@ class FakeFuture:
     def get(self, timeout: float | None = None) -> None:
         if self.producer.fail_flush:
             raise RuntimeError("broker did not acknowledge")
+        if any(m.source in self.producer.refusing for m in self.mentions):
+            self.producer.refusing.discard(self.mentions[0].source)  # refused once, then Kafka is back
+            raise KafkaError("NotEnoughReplicasError")
         self.producer.sent.extend(self.mentions)
 
 
 class FakeProducer:
-    def __init__(self, fail_flush: bool = False) -> None:
+    def __init__(self, fail_flush: bool = False, refusing: set[str] | None = None) -> None:
         self.sent: list[Mention] = []
         self.statuses: list[dict[str, Any]] = []
         self.fail_flush = fail_flush
+        self.refusing = refusing or set()  # sources whose next delivery Kafka refuses
 
     def send_mentions(self, mentions: list[Mention]) -> Delivery:
         return Delivery([FakeFuture(self, list(mentions))])
@@ -45,8 +49,8 @@ class FakeProducer:
         self.statuses.append(status)
 
 
-def mention(n: int) -> Mention:
-    return Mention.build(source="test", native_id=str(n), text=f"post {n}", created_at=utcnow())
+def mention(n: int, source: str = "test") -> Mention:
+    return Mention.build(source=source, native_id=str(n), text=f"post {n}", created_at=utcnow())
 
 
 class Scripted(Connector):
@@ -55,8 +59,9 @@ class Scripted(Connector):
     name = "scripted"
     poll_interval = 600.0
 
-    def __init__(self, script: list[Page | Exception], runner: list[Runner]) -> None:
+    def __init__(self, script: list[Page | Exception], runner: list[Runner], name: str = "scripted") -> None:
         self.script, self.runner, self.cursors_seen = script, runner, []
+        self.name = name
 
     async def poll(self, cursor: Cursor) -> Page:
         self.cursors_seen.append(cursor)
@@ -127,6 +132,26 @@ async def test_cursor_does_not_move_when_kafka_does_not_acknowledge(clock: list[
     with pytest.raises(RuntimeError):
         await runner.run([connector], once=True)
     assert cursors.load("scripted") is None and producer.sent == []
+
+
+async def test_a_page_kafka_refuses_is_read_again_and_the_other_sources_go_on(clock: list[float]) -> None:
+    producer = FakeProducer(refusing={"a"})
+    cursors = MemoryCursorStore()
+    holder: list[Runner] = []
+    page_a = Page([mention(1, "a")], {"at": "a1"})
+    a = Scripted([page_a, page_a], holder, name="a")  # a real source reads the same page from the same cursor
+    b = Scripted([Page([mention(2, "b")], {"at": "b1"}), Page([mention(3, "b")], {"at": "b2"})], [], name="b")
+    runner = Runner(producer, cursors)  # type: ignore[arg-type]
+    holder.append(runner)
+    b.runner.append(runner)
+    await runner.run([a, b])
+    # A's page was refused once: its cursor stayed put, it asked again from there, and got in.
+    assert a.cursors_seen[:2] == [None, None] and cursors.load("a") == {"at": "a1"}
+    # B was not held up, nor stopped, by A's trouble.
+    assert sorted((m.source, m.native_id) for m in producer.sent) == [("a", "1"), ("b", "2"), ("b", "3")]
+    assert cursors.load("b") == {"at": "b2"}
+    refused = [s for s in producer.statuses if s["connector"] == "a" and s["state"] == "backoff"]
+    assert refused and "Kafka did not acknowledge" in refused[0]["last_error"]
 
 
 class SharedKafka:
