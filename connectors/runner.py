@@ -345,10 +345,15 @@ class Runner:
 
     async def _deliver(self, name: str, page: Page) -> None:
         """Send the page and wait for Kafka to acknowledge its own records; only then save the cursor."""
-        delivery = Delivery()
-        if page.mentions:
-            delivery += self.producer.send_mentions(page.mentions)
-        if page.rejected:
-            delivery += self.producer.send_rejected(page.rejected, source=name)
-        await asyncio.get_running_loop().run_in_executor(None, delivery.wait)
+        def send_and_wait() -> None:
+            # In a thread: a send blocks while the producer has no metadata or no buffer (Kafka
+            # down), and waiting blocks until the acks; the other sources' loops go on meanwhile.
+            delivery = Delivery()
+            if page.mentions:
+                delivery += self.producer.send_mentions(page.mentions)
+            if page.rejected:
+                delivery += self.producer.send_rejected(page.rejected, source=name)
+            delivery.wait()
+
+        await asyncio.get_running_loop().run_in_executor(None, send_and_wait)
         self.cursors.save(name, page.next_cursor)
