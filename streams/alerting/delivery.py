@@ -104,6 +104,7 @@ class DeliveryRecord(BaseModel):
     at: datetime
     next_attempt_at: datetime | None = None
     first_attempt_at: datetime | None = None  # the give-up clock starts here, not at created_at
+    digest_key: str | None = None  # the idempotency key of the digest this record first went out in
     alert: dict[str, Any]
 
     @classmethod
@@ -445,7 +446,14 @@ class Dispatcher:
             return results
         latest = await self._collapse(records, now, results)
         if group == "digest":
-            results.extend(await self._deliver(sub, latest, min(self._tries(r) for r in latest)))
+            # A failed digest is retried as it was, under its own key; what came due since goes
+            # in a digest of its own. (Its events superseded meanwhile leave it: the receiver that
+            # did get the first try drops the retry by its key, and the newer events come anyway.)
+            batches: dict[str | None, list[DeliveryRecord]] = defaultdict(list)
+            for record in latest:
+                batches[record.digest_key].append(record)
+            for batch in batches.values():
+                results.extend(await self._deliver(sub, batch, min(self._tries(r) for r in batch)))
             return results
         (record,) = latest
         sent_seq = await self.log.latest_sent_sequence(sub.name, record.alert_id)
@@ -489,15 +497,16 @@ class Dispatcher:
     async def _deliver(self, sub: Subscription, records: list[DeliveryRecord], tries: int) -> list[DeliveryRecord]:
         """Send one alert (or one digest of several) and record the outcome on every record."""
         now = self.clock()
+        digest = records[0].reason == "digest"
+        key = _digest_key(sub.name, records) if digest else None
         # Claim first: if the worker dies mid-send, retry_due picks this up after the lease.
         claimed = [r.but(status="pending", at=now, next_attempt_at=now + self.policy.lease,
-                         first_attempt_at=_first_attempt(r, now)) for r in records]
+                         first_attempt_at=_first_attempt(r, now), digest_key=key) for r in records]
         for record in claimed:
             await self.log.put(record)
         notifier = self.notifier(sub)
         alerts = [r.to_alert() for r in claimed]
-        if records[0].reason == "digest":
-            key = "digest:" + sub.name + ":" + ",".join(sorted(r.id for r in claimed))
+        if key is not None:
             outcome = await self._attempt(lambda: notifier.send_digest(alerts, key), tries)
         else:
             outcome = await self._attempt(lambda: notifier.send(alerts[0], claimed[0].idempotency_key), tries)
@@ -558,6 +567,14 @@ def _first_attempt(record: DeliveryRecord, now: datetime) -> datetime | None:
     """When the record's first send attempt was: ``now`` if this is it. A record from before
     ``first_attempt_at`` existed that was tried already keeps None (give-up counts from created_at)."""
     return record.first_attempt_at or (now if record.attempts == 0 else None)
+
+
+def _digest_key(subscription: str, records: list[DeliveryRecord]) -> str:
+    """A digest's idempotency key: the one it first went out under, when it is a retry."""
+    earlier = {r.digest_key for r in records}
+    if len(earlier) == 1 and None not in earlier:
+        return next(iter(earlier))  # type: ignore[return-value]
+    return "digest:" + subscription + ":" + ",".join(sorted(r.id for r in records))
 
 
 def _raise_first(unrecorded: list[Exception]) -> None:

@@ -254,6 +254,42 @@ async def test_digest_collects_and_sends_one_message_per_period() -> None:
     }
 
 
+class Attempts(FakeNotifier):
+    """Also records the key of every digest it was asked to send, delivered or not."""
+
+    def __init__(self, *failures: Exception) -> None:
+        super().__init__(*failures)
+        self.keys: list[str] = []
+
+    async def send_digest(self, alerts: list[Alert], event_key: str) -> None:
+        self.keys.append(event_key)
+        await super().send_digest(alerts, event_key)
+
+
+async def test_a_failed_digest_is_retried_under_its_own_key_and_later_events_go_apart() -> None:
+    # The receiver timed out on the first try: it may have taken it, so the retry must carry
+    # the same key for it to drop, and nothing more.
+    n = Attempts(RetriableDeliveryError("timed out"))
+    policy = RetryPolicy(inline_attempts=1, retry_backoff=timedelta(hours=1))
+    d, log, clock, _ = make([sub(digest="1h", topics=["*"])], {"ops": n}, policy=policy)
+    clock.now = NOON + timedelta(minutes=10)
+    await d.dispatch(alert(0, id="a1"))
+    await d.dispatch(alert(0, id="b1", topic="scam"))
+    clock.now = NOON + timedelta(hours=1)
+    failed = await d.retry_due()
+    assert {r.status for r in failed} == {"pending"} and n.sent == []
+    clock.now += timedelta(minutes=5)
+    await d.dispatch(alert(0, id="c1", topic="refund"))  # for the next digest
+    clock.now = NOON + timedelta(hours=2)  # both the retry and the next digest are due
+    await d.retry_due()
+    first_try = n.keys[0]
+    assert [(key, sorted(a.id for a in alerts)) for key, alerts in n.sent] == [
+        (first_try, ["a1", "b1"]), (n.keys[-1], ["c1"])]
+    assert n.keys[-1] != first_try
+    assert {r.status for r in log.records.values()} == {"sent"}
+    assert log.records["a1:0:ops"].digest_key == first_try
+
+
 async def test_removed_subscription_is_recorded_as_failed() -> None:
     log = InMemoryDeliveryLog()
     clock = Clock(NOON)
