@@ -29,13 +29,17 @@ over, not at 07:00. A subscriber who was sent none of them gets it the way the a
 events go: held with them and released together, when it supersedes them. It never goes out
 alone to someone who was not told of the alert.
 
-Quiet hours apply to every send, not only the first: a retry of a failed delivery, or one held
-for a cooldown, that comes due at night waits for the morning like a new alert would.
+Quiet hours apply to every send of a subscription without a digest, not only the first: a
+retry of a failed delivery, or one held for a cooldown, that comes due at night waits for the
+morning like a new alert would. (That wait counts toward ``give_up_after``: the delivery had
+been tried already.) A digest goes out at the times its subscriber chose.
 
-One subscription's deliveries of one alert (or its digest) go out one at a time: a retry of
-an older event still on its way and the alert's newer event never cross, so a late "trigger"
-cannot reopen an incident after its "resolve". The worker runs the retry timer where it
-dispatches, on the owner of the alerts topic's only partition.
+Within one worker, one subscription's deliveries of one alert (or its digest) go out one at a
+time: a retry of an older event still on its way and the alert's newer event never cross, so a
+late "trigger" cannot reopen an incident after its "resolve". The worker runs the retry timer
+where it dispatches, on the owner of the alerts topic's only partition. (While a rebalance moves
+that partition, the old owner may still be finishing a retry as the new one starts: the lock
+does not reach across workers.)
 
 Records live in a ``DeliveryLog``: Elasticsearch in the worker (``index_deliveries``), a dict in
 unit tests. Held and pending records carry the alert, so a restarted worker still sends them.
@@ -396,11 +400,11 @@ class Dispatcher:
         return None
 
     @staticmethod
-    def _quiet_until(sub: Subscription, record: DeliveryRecord, now: datetime) -> datetime | None:
+    def _quiet_until(sub: Subscription, record: DeliveryRecord, now: datetime, *, told: bool) -> datetime | None:
         """When a due retry, or a delivery whose cooldown ended, may go out if it came due in the
-        subscriber's quiet hours: the rules of a first send apply (critical and an all clear to a
-        subscriber who heard of the alert go through; the caller has checked the latter)."""
-        if record.severity == "critical" or record.alert_status == "resolved" or sub.quiet_hours is None:
+        subscriber's quiet hours: the rules of a first send apply (critical goes through, and so
+        does an all clear to a subscriber who was ``told`` of the alert)."""
+        if record.severity == "critical" or (record.alert_status == "resolved" and told) or sub.quiet_hours is None:
             return None
         return sub.quiet_hours.ends_after(now) if sub.quiet_hours.is_quiet(now) else None
 
@@ -466,7 +470,7 @@ class Dispatcher:
             if until is not None:
                 results.append(await self._put_held(record, "with_alert", until))
                 return results
-        quiet_until = self._quiet_until(sub, record, now)
+        quiet_until = self._quiet_until(sub, record, now, told=sent_seq is not None)
         if quiet_until is not None:
             results.append(await self._put_held(record, "quiet_hours", quiet_until))
             return results

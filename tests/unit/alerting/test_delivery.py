@@ -196,6 +196,26 @@ async def test_a_critical_retry_goes_through_quiet_hours() -> None:
     assert sent.status == "sent" and len(n.sent) == 1
 
 
+async def test_an_all_clear_that_comes_due_with_a_retry_in_quiet_hours_waits_with_it() -> None:
+    # The trigger failed at 21:58 and the all clear came at 22:01: neither was heard, so at night
+    # the all clear (which supersedes the trigger) waits for the morning, as the trigger would.
+    n = FakeNotifier(*[RetriableDeliveryError("503")] * 3)
+    quiet = {"start": "22:00", "end": "07:00", "timezone": "Australia/Sydney"}
+    d, _, clock, _ = make([sub(quiet_hours=quiet)], {"ops": n}, now=NIGHT - timedelta(hours=1, minutes=2))
+    [trigger] = await d.dispatch(alert(0))
+    assert trigger.status == "pending"
+    clock.now = NIGHT - timedelta(minutes=59)
+    [resolve] = await d.dispatch(alert(1, status="resolved"))
+    assert resolve.status == "held" and resolve.reason == "with_alert"
+    clock.now = max(trigger.next_attempt_at, resolve.next_attempt_at)  # type: ignore[type-var]
+    results = {r.id: (r.status, r.reason) for r in await d.retry_due()}
+    assert results == {"a1:0:ops": ("superseded", None), "a1:1:ops": ("held", "quiet_hours")}
+    assert n.sent == []
+    clock.now = MORNING
+    [sent] = await d.retry_due()
+    assert sent.id == "a1:1:ops" and sent.status == "sent" and [k for k, _ in n.sent] == ["a1:1:ops"]
+
+
 async def test_a_cooldown_that_ends_in_quiet_hours_waits_for_the_morning() -> None:
     n = FakeNotifier()
     quiet = {"start": "22:00", "end": "07:00", "timezone": "Australia/Sydney"}
