@@ -371,8 +371,13 @@ class HttpConnector(Connector):
 
 
 def _first_retriable(errors: list[ConnectorError]) -> ConnectorError:
-    """The error to raise when every key failed: a retriable one (the runner asks again soon) before a fatal one."""
-    return next((e for e in errors if isinstance(e, RetriableError)), errors[0])
+    """The error to raise when every key failed: a retriable one (the runner asks again soon)
+    before a fatal one, and of those the one that may be asked again soonest: one publisher's
+    hour-long pause must not hold up another's feed that only timed out."""
+    retriable = [e for e in errors if isinstance(e, RetriableError)]
+    if not retriable:
+        return errors[0]
+    return min(retriable, key=lambda e: -1.0 if e.retry_after is None else e.retry_after)
 
 
 class BearerConfig(Protocol):

@@ -9,7 +9,7 @@ import pytest
 from cases import build
 from fake_platform import FakePlatform, Reply, fixture
 
-from connectors.base import RateLimited
+from connectors.base import RateLimited, RetriableError
 from connectors.http import public_url
 
 NEWS_IDS = {"CBMiAbc123", "CBMiDef456"}
@@ -109,3 +109,17 @@ async def test_every_feed_paused_raises_the_rate_limit() -> None:
             await connector.aclose()
         assert busy.seen("/rss/b") == []
     assert info.value.retry_after is not None and 590 < info.value.retry_after <= 600
+
+
+async def test_one_publishers_long_pause_does_not_hold_up_another_publishers_feed() -> None:
+    down = f"http://127.0.0.1:{closed_port()}/rss/b"  # another publisher, down for a moment
+    async with FakePlatform() as busy:
+        busy.on("/rss/a", Reply("slow down", status=429, headers={"Retry-After": "3600"}))
+        connector = build({"name": "news", "type": "rss", "feeds": [f"{busy.url}/rss/a", down]})
+        try:
+            with pytest.raises(RetriableError) as info:
+                await connector.poll(None)
+        finally:
+            await connector.aclose()
+    # The runner waits its own short backoff, not the busy publisher's hour.
+    assert not isinstance(info.value, RateLimited) and info.value.retry_after is None
