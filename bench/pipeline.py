@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _produce_pages(settings: Settings, topic: str, mentions: list[Mention]) -> None:
     producer = KafkaProducer(bootstrap_servers=settings.kafka_servers, acks="all", linger_ms=20)
-    for partition, value in encode_pages(mentions, settings.raw_partitions):
+    for partition, value in encode_pages(mentions, settings.raw_partitions).records:
         producer.send(topic, value=value, partition=partition)
     producer.flush()
     producer.close()

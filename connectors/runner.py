@@ -23,7 +23,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from kafka import KafkaProducer
@@ -44,11 +44,31 @@ def partition_for(mention_id: str, partitions: int) -> int:
     return (murmur2(mention_id.encode()) & 0x7FFFFFFF) % partitions
 
 
-def encode_pages(mentions: Iterable[Mention], partitions: int) -> list[tuple[int, bytes]]:
-    """Group mentions by partition into records of at most MAX_PAGE_MENTIONS / MAX_RECORD_BYTES."""
+class Pages(NamedTuple):
+    records: list[tuple[int, bytes]]  # (partition, page)
+    refused: list[tuple[str, RejectedItem]]  # (source, item): mentions no Kafka record could carry
+
+
+def encode_pages(mentions: Iterable[Mention], partitions: int) -> Pages:
+    """Group mentions by partition into records of at most MAX_PAGE_MENTIONS / MAX_RECORD_BYTES.
+
+    A mention too large for a record on its own loses its ``raw`` payload (logged); one still
+    too large is refused with its reason, so one post cannot block its source's every poll."""
     by_partition: dict[int, list[bytes]] = defaultdict(list)
+    refused: list[tuple[str, RejectedItem]] = []
     for mention in mentions:
-        by_partition[partition_for(mention.id, partitions)].append(mention.model_dump_json().encode())
+        doc = mention.model_dump_json().encode()
+        if len(doc) > MAX_RECORD_BYTES and mention.raw is not None:
+            log.warning("mention %s is %d bytes, more than a Kafka record takes: sent without its raw payload",
+                        mention.id, len(doc))
+            doc = mention.model_copy(update={"raw": None}).model_dump_json().encode()
+        if len(doc) > MAX_RECORD_BYTES:
+            refused.append((mention.source, RejectedItem(
+                payload=doc[:2000].decode(errors="ignore"),
+                reason=f"mention {mention.id} is {len(doc)} bytes, more than a Kafka record takes "
+                       f"({MAX_RECORD_BYTES}); its first 2,000 bytes are kept here")))
+            continue
+        by_partition[partition_for(mention.id, partitions)].append(doc)
     records: list[tuple[int, bytes]] = []
     for partition, docs in sorted(by_partition.items()):
         chunk: list[bytes] = []
@@ -61,7 +81,7 @@ def encode_pages(mentions: Iterable[Mention], partitions: int) -> list[tuple[int
             size += len(doc) + 1
         if chunk:
             records.append((partition, _page(chunk)))
-    return records
+    return Pages(records, refused)
 
 
 def _page(docs: list[bytes]) -> bytes:
@@ -114,8 +134,13 @@ class MentionProducer:
         self.partitions = len(partitions)
 
     def send_mentions(self, mentions: Iterable[Mention]) -> Delivery:
-        return Delivery(self._producer.send(self.topic_raw, value=value, partition=partition)
-                        for partition, value in encode_pages(mentions, self.partitions))
+        """The mentions as pages; one too large for any record goes to the rejected topic instead."""
+        records, refused = encode_pages(mentions, self.partitions)
+        delivery = Delivery(self._producer.send(self.topic_raw, value=value, partition=partition)
+                            for partition, value in records)
+        for source, item in refused:
+            delivery += self.send_rejected([item], source=source)
+        return delivery
 
     def send_rejected(self, items: Iterable[RejectedItem], *, source: str) -> Delivery:
         futures = []
@@ -309,7 +334,7 @@ class Runner:
                 await self._wait(status, delay)
                 continue
             try:
-                await self._deliver(name, page)
+                await self._send(name, page)
             except Exception as exc:  # Kafka down or refusing: this source reads the page again later
                 if once:
                     raise
@@ -321,6 +346,7 @@ class Runner:
                                    name, len(page.mentions), exc, delay)
                 await self._wait(status, delay)
                 continue
+            self.cursors.save(name, page.next_cursor)
             cursor = page.next_cursor
             backoff.reset()
             status.record_success(len(page.mentions))
@@ -343,8 +369,8 @@ class Runner:
                            _named(name, exc), delay)
         return delay
 
-    async def _deliver(self, name: str, page: Page) -> None:
-        """Send the page and wait for Kafka to acknowledge its own records; only then save the cursor."""
+    async def _send(self, name: str, page: Page) -> None:
+        """Send the page and wait for Kafka to acknowledge its own records."""
         def send_and_wait() -> None:
             # In a thread: a send blocks while the producer has no metadata or no buffer (Kafka
             # down), and waiting blocks until the acks; the other sources' loops go on meanwhile.
@@ -356,4 +382,3 @@ class Runner:
             delivery.wait()
 
         await asyncio.get_running_loop().run_in_executor(None, send_and_wait)
-        self.cursors.save(name, page.next_cursor)

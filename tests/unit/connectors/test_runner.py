@@ -7,6 +7,7 @@ import logging
 import threading
 from typing import Any
 
+import orjson
 import pytest
 from kafka.errors import KafkaError
 
@@ -199,12 +200,11 @@ async def test_a_refused_record_fails_its_own_source_and_no_other(monkeypatch: p
     runner = Runner(producer, cursors)
     delivered = Mention.build(source="a", native_id="kept", text="refund late", created_at=utcnow())
     refused = Mention.build(source="b", native_id="lost", text="myGov down", created_at=utcnow())
-    results = await asyncio.gather(runner._deliver("a", Page([delivered], {"at": "a1"})),
-                                   runner._deliver("b", Page([refused], {"at": "b1"})),
+    results = await asyncio.gather(runner._send("a", Page([delivered], {"at": "a1"})),
+                                   runner._send("b", Page([refused], {"at": "b1"})),
                                    return_exceptions=True)
+    # B hears of the refusal (and keeps its cursor, see above); A's send is acknowledged.
     assert results[0] is None and isinstance(results[1], KafkaError)
-    # B's cursor stays before the mention Kafka never got; A's moves on.
-    assert cursors.load("a") == {"at": "a1"} and cursors.load("b") is None
 
 
 def test_backoff_has_jitter_grows_and_respects_retry_after() -> None:
@@ -270,3 +270,43 @@ def test_the_same_error_is_logged_once_a_minute(caplog: pytest.LogCaptureFixture
         log.error("k", "%s down", "news")
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["news down", "news down (4 similar errors since the last report)"]
+
+
+class RecordingKafka:
+    """kafka-python's producer, keeping what was sent to which topic."""
+
+    def __init__(self, **config: Any) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1}
+
+    def send(self, topic: str, value: bytes, **kwargs: Any) -> FakeAck:
+        self.sent.append((topic, value))
+        return FakeAck()
+
+
+class FakeAck:
+    def get(self, timeout: float | None = None) -> None:
+        return None
+
+
+def test_a_mention_too_large_for_a_record_loses_its_raw_payload_or_is_rejected(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(runner_module, "KafkaProducer", RecordingKafka)
+    producer = MentionProducer(["kafka:9092"], topic_raw="raw", topic_rejected="rejected")
+    big_raw = Mention.build(source="news", native_id="1", text="myGov down", created_at=utcnow(),
+                            raw={"html": "x" * 1_200_000})
+    big_url = Mention.build(source="news", native_id="2", text="refund late", created_at=utcnow(),
+                            url="https://example.com/" + "y" * 1_200_000)
+    small = Mention.build(source="news", native_id="3", text="BAS due?", created_at=utcnow())
+    producer.send_mentions([big_raw, big_url, small]).wait()
+    kafka: RecordingKafka = producer._producer  # type: ignore[assignment]
+    assert all(len(value) <= runner_module.MAX_RECORD_BYTES + 100 for _, value in kafka.sent)
+    pages = [orjson.loads(value)["mentions"] for topic, value in kafka.sent if topic == "raw"]
+    carried = {m["native_id"]: m for page in pages for m in page}
+    assert set(carried) == {"1", "3"} and carried["1"]["raw"] is None and carried["1"]["text"] == "myGov down"
+    [rejected] = [orjson.loads(value) for topic, value in kafka.sent if topic == "rejected"]
+    assert rejected["topic"] == "connector:news" and "more than a Kafka record takes" in rejected["reason"]
+    assert big_url.id in rejected["reason"] and len(rejected["payload"]) <= 2000
