@@ -37,9 +37,9 @@ been tried already.) A digest goes out at the times its subscriber chose.
 Within one worker, one subscription's deliveries of one alert (or its digest) go out one at a
 time: a retry of an older event still on its way and the alert's newer event never cross, so a
 late "trigger" cannot reopen an incident after its "resolve". The worker runs the retry timer
-where it dispatches, on the owner of the alerts topic's only partition. (While a rebalance moves
-that partition, the old owner may still be finishing a retry as the new one starts: the lock
-does not reach across workers.)
+where it dispatches, on the owner of the alerts topic's only partition, and a retry pass stops
+when that partition moves away. (A send already on its way when a rebalance moves it may still
+meet the new owner's first send: the lock does not reach across workers.)
 
 Records live in a ``DeliveryLog``: Elasticsearch in the worker (``index_deliveries``), a dict in
 unit tests. Held and pending records carry the alert, so a restarted worker still sends them.
@@ -408,11 +408,14 @@ class Dispatcher:
             return None
         return sub.quiet_hours.ends_after(now) if sub.quiet_hours.is_quiet(now) else None
 
-    async def retry_due(self, now: datetime | None = None) -> list[DeliveryRecord]:
+    async def retry_due(self, now: datetime | None = None, *,
+                        still_mine: Callable[[], bool] | None = None) -> list[DeliveryRecord]:
         """Send what has come due: held deliveries whose wait is over, and pending retries.
 
         Each subscription's alert (or digest) is handled on its own: an unexpected error is
-        recorded on its deliveries and the others still go out."""
+        recorded on its deliveries and the others still go out. ``still_mine`` is asked before
+        each: once it says no (a rebalance gave the alerts to another worker), the pass stops and
+        the new owner sends the rest."""
         now = now or self.clock()
         groups: dict[tuple[str, str], list[DeliveryRecord]] = defaultdict(list)
         for record in await self.log.due(now):
@@ -421,6 +424,9 @@ class Dispatcher:
         results: list[DeliveryRecord] = []
         unrecorded: list[Exception] = []
         for (name, group), records in groups.items():
+            if still_mine is not None and not still_mine():
+                log.info("stopping the retry pass: the alerts moved to another worker")
+                break
             try:
                 async with self._turn(name, group):
                     results.extend(await self._release(name, group, records, now))

@@ -214,9 +214,11 @@ class AlertingStream:
         async def retry_deliveries() -> None:
             # On the worker that sends the alert events (the alerts topic has one partition):
             # the dispatcher then keeps a retry and the same alert's next event from crossing.
-            owner = any(tp.topic == self.settings.topic_alerts for tp in app.assignor.assigned_actives())
-            if self.subscriptions and owner:
-                await self.dispatcher.retry_due()
+            def owner() -> bool:
+                return any(tp.topic == self.settings.topic_alerts for tp in app.assignor.assigned_actives())
+
+            if self.subscriptions and owner():
+                await self.dispatcher.retry_due(still_mine=owner)
 
         @app.on_before_shutdown.connect
         async def close_clients(app: faust.App, **kwargs: Any) -> None:

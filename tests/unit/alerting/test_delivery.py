@@ -274,6 +274,23 @@ async def test_digest_collects_and_sends_one_message_per_period() -> None:
     }
 
 
+async def test_a_retry_pass_stops_when_the_alerts_move_to_another_worker() -> None:
+    n = FakeNotifier(*[RetriableDeliveryError("503")] * 6)
+    d, log, clock, _ = make([sub()], {"ops": n}, policy=RetryPolicy(inline_attempts=1))
+    for name in ("a1", "a2", "a3"):
+        await d.dispatch(alert(0, id=name))
+    clock.now += timedelta(hours=1)
+    asked = []
+
+    def still_mine() -> bool:
+        asked.append(1)
+        return len(asked) < 2  # the partition moved after the first alert's retry
+
+    done = await d.retry_due(still_mine=still_mine)
+    assert [r.alert_id for r in done] == ["a1"]
+    assert {r.id: r.attempts for r in log.records.values()} == {"a1:0:ops": 2, "a2:0:ops": 1, "a3:0:ops": 1}
+
+
 class Attempts(FakeNotifier):
     """Also records the key of every digest it was asked to send, delivered or not."""
 
