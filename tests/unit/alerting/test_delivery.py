@@ -585,3 +585,20 @@ async def test_a_retry_that_waited_its_turn_does_not_send_what_went_out_meanwhil
     assert (await first)[0].status == "sent"
     assert await retry == []
     assert [k for k, _ in n.sent] == ["a1:0:ops"]
+
+
+async def test_a_send_on_its_way_is_claimed_for_as_long_as_it_can_take() -> None:
+    n = GatedNotifier(gated_sequence=0)
+    d, log, clock, _ = make([sub()], {"ops": n})
+    sending = asyncio.create_task(d.dispatch(alert(0)))
+    await n.started.wait()  # the worker could die here, with the alert on its way
+    claim = log.records["a1:0:ops"]
+    # Three tries of at most 2 x 10 s, two waits of at most 10 s, and a margin: retried after
+    # 110 s if the worker died, not after the five-minute ceiling.
+    assert claim.status == "pending" and claim.next_attempt_at == NOON + timedelta(seconds=110)
+    assert await d.retry_due(NOON + timedelta(seconds=100)) == []
+    n.gate.set()
+    [sent] = await sending
+    assert sent.status == "sent"
+    slow = RetryPolicy().lease_for(timeout=120.0, tries=3)
+    assert slow == timedelta(minutes=5)  # a slow channel's claim is capped
