@@ -7,6 +7,7 @@ import logging
 import faust
 from aiokafka.errors import IllegalStateError
 from faust.transport.drivers import aiokafka as kafka_driver
+from faust.types import TP
 
 from streams.settings import Settings
 
@@ -14,7 +15,8 @@ log = logging.getLogger(__name__)
 
 
 class Consumer(kafka_driver.Consumer):
-    """Faust's Kafka consumer, which also rewinds the partitions that have no committed offset.
+    """Faust's Kafka consumer, which rewinds the partitions that have no committed offset and
+    never commits past a message still in flight (see ``_new_offset``).
 
     When a rebalance or a table recovery ends, Faust discards what it fetched in the meantime
     and seeks every stream partition back to its committed offset (``perform_seek``). A
@@ -38,6 +40,24 @@ class Consumer(kafka_driver.Consumer):
                 await self.seek(tp, offset)
         except IllegalStateError as exc:  # revoked meanwhile: the next assignment seeks again
             log.warning("could not rewind partitions without a committed offset: %s", exc)
+
+
+    def _new_offset(self, tp: TP) -> int | None:
+        """The offset to commit for ``tp``, never past a message still being processed.
+
+        Faust commits the first run of consecutive acknowledged offsets. It checks for a message
+        still in flight before that run only when the partition has a committed offset, and then
+        one offset short (faust-streaming #606): with two actors, one actor's batch could be
+        committed while the other's earlier batch was still on its way to the index, and lost
+        if the worker then died. Here a commit waits while any message of ``tp`` older than the
+        first acknowledged one is still unacknowledged.
+        """
+        acked = self._acked[tp]
+        if acked:
+            first_acked = min(acked)
+            if any(m.tp == tp and m.offset < first_acked and not m.acked for m in list(self._unacked_messages)):
+                return None
+        return super()._new_offset(tp)
 
 
 class Transport(kafka_driver.Transport):

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from faust.types import TP
+from faust.types import TP, Message
 
 from streams.app import Consumer, create_app
 from streams.settings import Settings
@@ -69,3 +69,55 @@ def test_with_the_latest_reset_policy_nothing_more_is_sought(tmp_path: Path) -> 
                                 consumer_auto_offset_reset="latest")
     asyncio.run(consumer.perform_seek())
     assert kafka.seeks == {TP(raw, 0): 7}
+
+
+def _message(tp: TP, offset: int) -> Message:
+    return Message(tp.topic, tp.partition, offset, 0.0, 0, None, None, b"page", None, tp=tp)
+
+
+def _read(consumer: Consumer, tp: TP, offsets: range) -> list[Message]:
+    """Messages of ``tp`` handed to the agents, not yet acknowledged (kept alive by the caller)."""
+    messages = [_message(tp, offset) for offset in offsets]
+    for message in messages:
+        consumer.track_message(message)
+    return messages
+
+
+def _ack(consumer: Consumer, messages: list[Message]) -> None:
+    for message in messages:  # the bookkeeping of Consumer.ack, for a topic with acks enabled
+        message.acked = True
+        consumer._acked_index[message.tp].add(message.offset)
+        consumer._acked[message.tp].append(message.offset)
+
+
+def test_no_commit_past_a_batch_still_on_its_way_on_a_new_partition(tmp_path: Path) -> None:
+    tp = TP(Settings(data_dir=tmp_path).topic_raw, 0)
+    consumer, _ = _consumer(tmp_path, {tp: None})
+    first = _read(consumer, tp, range(0, 10))   # one actor's batch, on its way to the index
+    second = _read(consumer, tp, range(10, 20))  # the other actor's batch, stored and acknowledged
+    _ack(consumer, second)
+    assert consumer._filter_committable_offsets([tp]) == {}
+    _ack(consumer, first)
+    assert consumer._filter_committable_offsets([tp]) == {tp: 20}
+
+
+def test_no_commit_past_the_message_right_after_the_committed_offset(tmp_path: Path) -> None:
+    tp = TP(Settings(data_dir=tmp_path).topic_raw, 0)
+    consumer, _ = _consumer(tmp_path, {tp: 5})
+    consumer._committed_offset[tp] = 5  # the next message to read is offset 5
+    first = _read(consumer, tp, range(5, 6))
+    second = _read(consumer, tp, range(6, 10))
+    _ack(consumer, second)
+    assert consumer._filter_committable_offsets([tp]) == {}
+    _ack(consumer, first)
+    assert consumer._filter_committable_offsets([tp]) == {tp: 10}
+
+
+def test_acknowledged_in_order_commits_as_before(tmp_path: Path) -> None:
+    tp = TP(Settings(data_dir=tmp_path).topic_raw, 0)
+    consumer, _ = _consumer(tmp_path, {tp: None})
+    first = _read(consumer, tp, range(0, 10))
+    later = _read(consumer, tp, range(10, 20))  # read, still in flight: no reason to hold 0..9
+    _ack(consumer, first)
+    assert consumer._filter_committable_offsets([tp]) == {tp: 10}
+    assert later
