@@ -126,6 +126,38 @@ async def test_webhook_fails_then_is_retried_and_logged(
     assert await dispatcher.retry_due(NOW + timedelta(days=1)) == []
 
 
+async def test_a_digest_is_retried_under_its_first_key_with_the_log_in_elasticsearch(
+    es: tuple[AsyncElasticsearch, str], receiver: tuple[Receiver, str]
+) -> None:
+    client, index = es
+    rec, url = receiver
+    subs = parse_subscriptions([{"name": "daily", "digest": "1h", "topics": ["*"],
+                                 "channel": {"type": "webhook", "url": url}}])
+    clock = [NOW + timedelta(minutes=10)]
+    dispatcher = Dispatcher(subs, ElasticsearchDeliveryLog(client, index), clock=lambda: clock[0],
+                            sleep=_no_wait, policy=RetryPolicy(inline_attempts=1, retry_backoff=timedelta(hours=1)))
+    try:
+        await dispatcher.dispatch(ALERT)
+        await dispatcher.dispatch(ALERT.model_copy(update={"id": "beef", "topic": "scam"}))
+        clock[0] = NOW + timedelta(hours=1)
+        failed = await dispatcher.retry_due()  # the receiver answers 503
+        assert {r.status for r in failed} == {"pending"}
+        clock[0] += timedelta(minutes=5)
+        await dispatcher.dispatch(ALERT.model_copy(update={"id": "f00d", "topic": "refund_delay"}))
+        clock[0] = NOW + timedelta(hours=2)  # the retry and the next digest are both due
+        await dispatcher.retry_due()
+    finally:
+        await dispatcher.aclose()
+
+    sent = [(h["Idempotency-Key"], sorted(a["id"] for a in json.loads(b)["alerts"])) for h, b in rec.requests]
+    first_key = sent[0][0]
+    assert sent[1:] == [(first_key, ["beef", "c0ffee"]), (sent[2][0], ["f00d"])] and sent[2][0] != first_key
+    logged = {doc_id: (await client.get(index=index, id=doc_id))["_source"]
+              for doc_id in ("c0ffee:0:daily", "beef:0:daily", "f00d:0:daily")}
+    assert {d["status"] for d in logged.values()} == {"sent"}
+    assert logged["c0ffee:0:daily"]["digest_key"] == logged["beef:0:daily"]["digest_key"] == first_key
+
+
 async def test_email_reaches_the_smtp_server(es: tuple[AsyncElasticsearch, str], smtp: Any) -> None:
     client, index = es
     inbox, port = smtp
