@@ -63,7 +63,7 @@ from elasticsearch import AsyncElasticsearch, NotFoundError
 from pydantic import BaseModel, ConfigDict
 
 from schemas.records import Alert, utcnow
-from streams.alerting.notifiers import Notifier, build_notifier
+from streams.alerting.notifiers import Notifier, build_notifier, max_try_seconds
 from streams.alerting.notifiers.errors import PermanentDeliveryError, RetriableDeliveryError
 from streams.alerting.subscriptions import Subscription
 
@@ -234,7 +234,6 @@ class RetryPolicy:
     retry_backoff: timedelta = timedelta(minutes=1)   # doubled per attempt...
     max_retry_backoff: timedelta = timedelta(hours=1)  # ...up to this
     give_up_after: timedelta = timedelta(hours=24)
-    lease: timedelta = timedelta(minutes=5)  # at most this long before a crashed worker's claimed send is retried
 
     def later(self, attempts: int, retry_after: float | None) -> timedelta:
         backoff = min(self.retry_backoff * 2 ** max(attempts - 1, 0), self.max_retry_backoff)
@@ -247,12 +246,11 @@ class RetryPolicy:
             return None
         return min(max(retry_after, 0.0), self.give_up_after.total_seconds())
 
-    def lease_for(self, timeout: float, tries: int) -> timedelta:
+    def lease_for(self, try_seconds: float, tries: int) -> timedelta:
         """How long a claimed send may take before the next pass takes it over (the worker that
-        claimed it died): each try's timeout twice over (connecting and reading are timed
-        apart), the waits between tries, and a margin; at most ``lease``."""
-        seconds = tries * 2 * timeout + (tries - 1) * self.max_inline_wait + 30
-        return min(timedelta(seconds=seconds), self.lease)
+        claimed it died): ``tries`` sends of at most ``try_seconds``, the waits between them, and
+        a margin. A live worker's send is over by then, so it is never made twice at once."""
+        return timedelta(seconds=tries * try_seconds + (tries - 1) * self.max_inline_wait + 30)
 
     def gives_up(self, record: DeliveryRecord, now: datetime) -> bool:
         """Whether a failing delivery has been tried for long enough. The clock starts at the
@@ -517,7 +515,7 @@ class Dispatcher:
         digest = records[0].reason == "digest"
         key = _digest_key(sub.name, records) if digest else None
         # Claim first: if the worker dies mid-send, retry_due picks this up after the lease.
-        lease = self.policy.lease_for(sub.channel.timeout, tries)
+        lease = self.policy.lease_for(max_try_seconds(sub.channel), tries)
         claimed = [r.but(status="pending", at=now, next_attempt_at=now + lease,
                          first_attempt_at=_first_attempt(r, now), digest_key=key) for r in records]
         for record in claimed:

@@ -254,8 +254,8 @@ def test_a_worker_restart_during_an_open_alert_neither_reopens_it_nor_loses_the_
         chatter.spike(20, "b")  # the spike goes on while no worker is running
         stack.start_worker(**WORKER_ENV)
         # When the kill came between the webhook's answer and the record of it, the restarted
-        # worker takes the send over after its claim's lease (110 s for a webhook).
-        wait_for(lambda: any(s == "resolved" for _, _, s in hooks.events()), timeout=240,
+        # worker takes the send over after its claim's lease (170 s for a webhook).
+        wait_for(lambda: any(s == "resolved" for _, _, s in hooks.events()), timeout=300,
                  what="the all clear from the restarted worker")
         time.sleep(3 * WINDOW)
 

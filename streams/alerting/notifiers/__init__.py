@@ -14,12 +14,13 @@ from typing import Protocol
 import httpx
 
 from schemas.records import Alert
-from streams.alerting.notifiers.email import EmailNotifier
+from streams.alerting.notifiers.email import SMTP_ROUND_TRIPS, EmailNotifier
 from streams.alerting.notifiers.errors import (
     DeliveryError,
     PermanentDeliveryError,
     RetriableDeliveryError,
 )
+from streams.alerting.notifiers.http import HTTP_TRY_STEPS
 from streams.alerting.notifiers.pagerduty import PagerDutyNotifier
 from streams.alerting.notifiers.slack import SlackNotifier
 from streams.alerting.notifiers.teams import TeamsNotifier
@@ -39,6 +40,7 @@ __all__ = [
     "PermanentDeliveryError",
     "RetriableDeliveryError",
     "build_notifier",
+    "max_try_seconds",
 ]
 
 
@@ -61,3 +63,11 @@ def build_notifier(channel: Channel, client: httpx.AsyncClient | None = None) ->
     if isinstance(channel, EmailChannel):
         return EmailNotifier(channel)
     raise TypeError(f"no notifier for channel {type(channel).__name__}")
+
+
+def max_try_seconds(channel: Channel) -> float:
+    """The longest one send over ``channel`` can take: an HTTP request is cut off after
+    ``HTTP_TRY_STEPS`` timeouts; an SMTP conversation waits for an answer per step and recipient."""
+    if isinstance(channel, EmailChannel):
+        return (SMTP_ROUND_TRIPS + len(channel.to)) * channel.timeout
+    return HTTP_TRY_STEPS * channel.timeout

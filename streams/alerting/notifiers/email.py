@@ -44,6 +44,12 @@ def build_message(channel: EmailChannel, alerts: list[Alert], event_key: str, *,
     return msg
 
 
+#: the server's answers one send waits for, each up to the channel's timeout, besides one per
+#: recipient: connect, greeting, EHLO, STARTTLS, EHLO again, AUTH (up to two), MAIL, DATA, the
+#: message's end, QUIT, and one to spare
+SMTP_ROUND_TRIPS = 12
+
+
 class EmailNotifier:
     def __init__(self, channel: EmailChannel) -> None:
         self.channel = channel

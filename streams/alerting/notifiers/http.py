@@ -6,6 +6,7 @@ so ``streams.redaction``'s filter rewrites URLs to scheme and host before any ha
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from email.utils import parsedate_to_datetime
@@ -17,7 +18,10 @@ from pydantic import SecretStr
 from streams.alerting.notifiers.errors import PermanentDeliveryError, RetriableDeliveryError
 from streams.redaction import install_log_filter, redact_url
 
-__all__ = ["dumps", "post"]
+__all__ = ["HTTP_TRY_STEPS", "dumps", "post"]
+
+#: one POST is cut off after this many times its timeout (pool, connect, write, read)
+HTTP_TRY_STEPS = 4
 
 
 install_log_filter()
@@ -61,16 +65,23 @@ async def post(
     headers: dict[str, str],
     timeout: float,
 ) -> httpx.Response:
-    """POST ``body``; a 2xx answer is returned, anything else raised as a delivery error."""
+    """POST ``body``; a 2xx answer is returned, anything else raised as a delivery error.
+
+    ``timeout`` bounds each step (connecting, writing, each read), and the whole request is
+    cut off after ``HTTP_TRY_STEPS`` times that: a receiver that answers a byte at a time cannot
+    hold a send for longer than its claim in the delivery log lasts."""
     raw = url.get_secret_value()
     shown = redact_url(raw)
     all_headers = {"Content-Type": "application/json", "User-Agent": "earful-alerts", **headers}
     try:
-        if client is None:
-            async with httpx.AsyncClient(timeout=timeout) as own:
-                response = await own.post(raw, content=body, headers=all_headers)
-        else:
-            response = await client.post(raw, content=body, headers=all_headers, timeout=timeout)
+        async with asyncio.timeout(HTTP_TRY_STEPS * timeout):
+            if client is None:
+                async with httpx.AsyncClient(timeout=timeout) as own:
+                    response = await own.post(raw, content=body, headers=all_headers)
+            else:
+                response = await client.post(raw, content=body, headers=all_headers, timeout=timeout)
+    except TimeoutError:
+        raise RetriableDeliveryError(f"{shown}: no complete answer within {HTTP_TRY_STEPS * timeout:.0f}s") from None
     except httpx.TimeoutException as exc:
         raise RetriableDeliveryError(f"{shown}: timed out ({type(exc).__name__})") from None
     except httpx.TransportError as exc:

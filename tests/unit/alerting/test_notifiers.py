@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -295,3 +296,27 @@ async def test_retry_after_is_a_finite_number_of_seconds_or_none(headers: dict[s
     with pytest.raises(RetriableDeliveryError) as info:
         await build_notifier(SlackChannel(type="slack", url=SECRET_URL), rec.client()).send(ALERT, "k")
     assert info.value.retry_after == expected
+
+
+async def test_a_receiver_answering_a_byte_at_a_time_is_cut_off() -> None:
+    """Every byte comes well within the 0.2 s timeout, yet the whole answer would take 1.5 s:
+    the request is cut off after 4 timeouts, so the send ends before its claim does."""
+    async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = b"x" * 30
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+        for byte in body:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        writer.close()
+
+    server = await asyncio.start_server(drip, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    channel = WebhookChannel(type="webhook", url=f"http://127.0.0.1:{port}/hooks/XXXXsecretXXXX", timeout=0.2)
+    try:
+        with pytest.raises(RetriableDeliveryError, match="no complete answer within 1s") as info:
+            await build_notifier(channel).send(ALERT, "k")
+        assert "secret" not in str(info.value)
+    finally:
+        server.close()
