@@ -18,7 +18,7 @@ Answers, each with a JSON body saying why::
     401  no credentials (neither header)
     401  a signature without the timestamp the server requires
     403  wrong bearer secret, a signature that does not match the body, a stale timestamp
-    413  body or batch too large
+    413  body or batch too large, or a mention too large for one Kafka record
     422  a mention does not fit the schema (nothing of that request is kept)
     503  Kafka did not acknowledge: nothing is promised, send again
 
@@ -44,6 +44,7 @@ from aiohttp import web
 from pydantic import SecretStr, ValidationError
 
 from connectors.config import IngestConfig
+from connectors.runner import MAX_RECORD_BYTES
 from connectors.text import Pseudonymiser
 from schemas import Mention, mention_id
 
@@ -66,6 +67,17 @@ class BadRequest(Exception):
     def __init__(self, status: int, error: str, details: list[dict[str, Any]] | None = None) -> None:
         super().__init__(error)
         self.status, self.error, self.details = status, error, details
+
+
+def _fits_kafka(mentions: list[Mention]) -> None:
+    """Refuse, before anything is sent, a mention no Kafka record could carry: the connectors'
+    runner would send it without its ``raw`` payload or reject it, and a 202 promises every
+    mention as pushed."""
+    too_large = [{"id": m.id, "native_id": m.native_id, "bytes": size} for m in mentions
+                 if (size := len(m.model_dump_json())) > MAX_RECORD_BYTES]
+    if too_large:
+        raise BadRequest(413, f"{len(too_large)} mention(s) over the {MAX_RECORD_BYTES}-byte limit of one "
+                              "Kafka record; nothing of this request was kept", too_large)
 
 
 def _answer(status: int, body: dict[str, Any]) -> web.Response:
@@ -114,6 +126,7 @@ class IngestServer:
             body = await self._body(request)
             self._authenticate(request, body)
             mentions = self._parse(body)
+            _fits_kafka(mentions)
         except BadRequest as exc:
             answer: dict[str, Any] = {"error": exc.error}
             if exc.details:
