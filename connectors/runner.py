@@ -346,7 +346,11 @@ class Runner:
                                    name, len(page.mentions), exc, delay)
                 await self._wait(status, delay)
                 continue
-            self.cursors.save(name, page.next_cursor)
+            try:
+                self.cursors.save(name, page.next_cursor)
+            except Exception as exc:  # a full disk, say: the page is in Kafka, so the source reads on
+                self._errors.error(f"{name}:cursor", "%s: could not save the cursor (%r); reading on from "
+                                   "memory, a restart would read from the last saved cursor again", name, exc)
             cursor = page.next_cursor
             backoff.reset()
             status.record_success(len(page.mentions))

@@ -155,6 +155,26 @@ async def test_a_page_kafka_refuses_is_read_again_and_the_other_sources_go_on(cl
     assert refused and "Kafka did not acknowledge" in refused[0]["last_error"]
 
 
+class FullDisk(MemoryCursorStore):
+    def save(self, connector: str, cursor: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+
+async def test_a_cursor_that_cannot_be_saved_does_not_stop_the_sources(
+    clock: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    producer = FakeProducer()
+    holder: list[Runner] = []
+    connector = Scripted([Page([mention(1)], {"at": 1}), Page([mention(2)], {"at": 2})], holder)
+    runner = Runner(producer, FullDisk())  # type: ignore[arg-type]
+    holder.append(runner)
+    with caplog.at_level(logging.ERROR):
+        await runner.run([connector])
+    # The source read on from the cursor it holds in memory.
+    assert [m.native_id for m in producer.sent] == ["1", "2"] and connector.cursors_seen[:2] == [None, {"at": 1}]
+    assert "could not save the cursor" in caplog.text
+
+
 class SharedKafka:
     """kafka-python's producer as two sources share it; the record of native id ``lost`` is refused.
 
