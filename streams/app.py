@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import faust
 from aiokafka.errors import IllegalStateError
@@ -41,6 +42,8 @@ class Consumer(kafka_driver.Consumer):
         except IllegalStateError as exc:  # revoked meanwhile: the next assignment seeks again
             log.warning("could not rewind partitions without a committed offset: %s", exc)
 
+    #: a partition whose commits have waited this long on one message is logged, then as often
+    HELD_WARNING_SECONDS = 300.0
 
     def _new_offset(self, tp: TP) -> int | None:
         """The offset to commit for ``tp``, never past a message still being processed.
@@ -55,9 +58,31 @@ class Consumer(kafka_driver.Consumer):
         acked = self._acked[tp]
         if acked:
             first_acked = min(acked)
-            if any(m.tp == tp and m.offset < first_acked and not m.acked for m in list(self._unacked_messages)):
+            waiting = [m.offset for m in list(self._unacked_messages)
+                       if m.tp == tp and m.offset < first_acked and not m.acked]
+            if waiting:
+                self._held(tp, min(waiting))
                 return None
+        self._held_since.pop(tp, None)
         return super()._new_offset(tp)
+
+    @property
+    def _held_since(self) -> dict[TP, tuple[int, float, float]]:
+        """Per partition whose commits wait: (offset waited on, since, last warned)."""
+        return self.__dict__.setdefault("_earful_held_since", {})
+
+    def _held(self, tp: TP, offset: int) -> None:
+        """Say so when a partition's commits have waited on one message for long: a batch that
+        never finishes would otherwise hold them without a word."""
+        now = time.monotonic()
+        held_offset, since, warned = self._held_since.get(tp, (offset, now, now))
+        if held_offset != offset:
+            held_offset, since, warned = offset, now, now
+        if now - since >= self.HELD_WARNING_SECONDS and now - warned >= self.HELD_WARNING_SECONDS:
+            log.warning("commits of %s have waited %.0fs on offset %d, still being processed; "
+                        "nothing after it is committed until it is done", tp, now - since, offset)
+            warned = now
+        self._held_since[tp] = (held_offset, since, warned)
 
 
 class Transport(kafka_driver.Transport):

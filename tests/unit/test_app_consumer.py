@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
+import pytest
 from faust.types import TP, Message
 
+from streams import app as app_module
 from streams.app import Consumer, create_app
 from streams.settings import Settings
 
@@ -121,3 +124,22 @@ def test_acknowledged_in_order_commits_as_before(tmp_path: Path) -> None:
     _ack(consumer, first)
     assert consumer._filter_committable_offsets([tp]) == {tp: 10}
     assert later
+
+
+def test_commits_held_for_long_on_one_message_are_logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(app_module.time, "monotonic", lambda: now[0])
+    tp = TP(Settings(data_dir=tmp_path).topic_raw, 0)
+    consumer, _ = _consumer(tmp_path, {tp: None})
+    stuck = _read(consumer, tp, range(0, 1))
+    _ack(consumer, _read(consumer, tp, range(1, 5)))
+    with caplog.at_level(logging.WARNING, logger="streams.app"):
+        for _ in range(11):  # a commit pass a minute for ten minutes
+            assert consumer._filter_committable_offsets([tp]) == {}
+            now[0] += 60
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and "waited 300s on offset 0" in lines[0]
+    _ack(consumer, stuck)
+    assert consumer._filter_committable_offsets([tp]) == {tp: 5}
+    assert consumer._held_since == {}
