@@ -1,4 +1,4 @@
-"""The worker's consumer seeks a partition with no committed offset back to its earliest offset."""
+"""The worker's consumer: partitions with no committed offset rewound, no commit past a message in flight."""
 
 from __future__ import annotations
 
