@@ -341,7 +341,7 @@ class HttpConnector(Connector):
             has_more = has_more or fetched.has_more
         self._resume_at = None
         if keys and len(failed) == len(keys):
-            raise _first_retriable(list(failed.values()))
+            raise _soonest_retriable(list(failed.values()))
         self._report(failed)
         return Page(list(mentions.values()), states, rejected=rejected, has_more=has_more)
 
@@ -370,7 +370,7 @@ class HttpConnector(Connector):
         await self.client.aclose()
 
 
-def _first_retriable(errors: list[ConnectorError]) -> ConnectorError:
+def _soonest_retriable(errors: list[ConnectorError]) -> ConnectorError:
     """The error to raise when every key failed: a retriable one (the runner asks again soon)
     before a fatal one, and of those the one that may be asked again soonest: one publisher's
     hour-long pause must not hold up another's feed that only timed out."""

@@ -308,27 +308,23 @@ class Runner:
                 page = await connector.poll(cursor)
             except RetriableError as exc:
                 delay = backoff.next_delay(exc.retry_after)
-                status.record_error("backoff", str(exc))
-                self.producer.send_status(status.as_record())  # 'down' shows at once, not a beat later
-                self._errors.error(f"{name}:retriable", "%s; retrying in %.0fs", _named(name, exc), delay)
+                self._down(status, "backoff", str(exc), f"{name}:retriable", "%s; retrying in %.0fs",
+                           _named(name, exc), delay)
                 if once:
                     return
                 await self._wait(status, delay)
                 continue
             except FatalError as exc:
-                status.record_error("failing", str(exc))
-                self.producer.send_status(status.as_record())  # 'down' shows at once, not a beat later
-                self._errors.error(f"{name}:fatal", "%s cannot run: %s", name, _named(name, exc).removeprefix(f"{name}: "))
+                self._down(status, "failing", str(exc), f"{name}:fatal", "%s cannot run: %s", name,
+                           _named(name, exc).removeprefix(f"{name}: "))
                 if once:
                     return
                 await self._wait(status, max(backoff.next_delay(), 300.0))
                 continue
             except Exception as exc:  # a bug or an unexpected answer: keep the other sources going
                 delay = backoff.next_delay()
-                status.record_error("backoff", f"{type(exc).__name__}: {exc}")
-                self.producer.send_status(status.as_record())  # 'down' shows at once, not a beat later
-                self._errors.error(f"{name}:unexpected", "%s failed unexpectedly: %r; retrying in %.0fs",
-                                   name, exc, delay)
+                self._down(status, "backoff", f"{type(exc).__name__}: {exc}", f"{name}:unexpected",
+                           "%s failed unexpectedly: %r; retrying in %.0fs", name, exc, delay)
                 if once:
                     return
                 await self._wait(status, delay)
@@ -339,11 +335,9 @@ class Runner:
                 if once:
                     raise
                 delay = backoff.next_delay()
-                status.record_error("backoff", f"Kafka did not acknowledge the page: {type(exc).__name__}: {exc}")
-                self.producer.send_status(status.as_record())
-                self._errors.error(f"{name}:kafka", "%s: Kafka did not acknowledge %d mentions (%r); the cursor "
-                                   "stays put and the page is read again in %.0fs",
-                                   name, len(page.mentions), exc, delay)
+                self._down(status, "backoff", f"Kafka did not acknowledge the page: {type(exc).__name__}: {exc}",
+                           f"{name}:kafka", "%s: Kafka did not acknowledge %d mentions (%r); the cursor stays "
+                           "put and the page is read again in %.0fs", name, len(page.mentions), exc, delay)
                 await self._wait(status, delay)
                 continue
             try:
@@ -367,11 +361,16 @@ class Runner:
     def _rate_limited(self, name: str, status: ConnectorStatus, backoff: Backoff, exc: RateLimited) -> float:
         """A rate limit met half-way through a poll: what was read is delivered; say so and how long to wait."""
         delay = backoff.next_delay(exc.retry_after)
-        status.record_error("backoff", str(exc))
-        self.producer.send_status(status.as_record())
-        self._errors.error(f"{name}:retriable", "%s; delivered what was read, asking again in %.0fs",
-                           _named(name, exc), delay)
+        self._down(status, "backoff", str(exc), f"{name}:retriable",
+                   "%s; delivered what was read, asking again in %.0fs", _named(name, exc), delay)
         return delay
+
+    def _down(self, status: ConnectorStatus, state: str, error: str, key: str, message: str, *args: Any) -> None:
+        """Record why a source is not reading, show it in a heartbeat at once (not a beat later),
+        and log it (the same error once a minute)."""
+        status.record_error(state, error)
+        self.producer.send_status(status.as_record())
+        self._errors.error(key, message, *args)
 
     async def _send(self, name: str, page: Page) -> None:
         """Send the page and wait for Kafka to acknowledge its own records."""

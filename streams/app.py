@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import faust
 from aiokafka.errors import IllegalStateError
@@ -45,6 +46,11 @@ class Consumer(kafka_driver.Consumer):
     #: a partition whose commits have waited this long on one message is logged, then as often
     HELD_WARNING_SECONDS = 300.0
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: per partition whose commits wait: (offset waited on, since, last warned)
+        self._held_since: dict[TP, tuple[int, float, float]] = {}
+
     def _new_offset(self, tp: TP) -> int | None:
         """The offset to commit for ``tp``, never past a message still being processed.
 
@@ -65,11 +71,6 @@ class Consumer(kafka_driver.Consumer):
                 return None
         self._held_since.pop(tp, None)
         return super()._new_offset(tp)
-
-    @property
-    def _held_since(self) -> dict[TP, tuple[int, float, float]]:
-        """Per partition whose commits wait: (offset waited on, since, last warned)."""
-        return self.__dict__.setdefault("_earful_held_since", {})
 
     def _held(self, tp: TP, offset: int) -> None:
         """Say so when a partition's commits have waited on one message for long: a batch that

@@ -396,22 +396,14 @@ class Dispatcher:
             return "digest", sub.digest_due(now)
         if alert.severity == "critical":
             return None  # critical goes through quiet hours and cooldowns
-        if sub.quiet_hours is not None and sub.quiet_hours.is_quiet(now):
-            return "quiet_hours", sub.quiet_hours.ends_after(now)
+        quiet_until = sub.quiet_until(now)
+        if quiet_until is not None:
+            return "quiet_hours", quiet_until
         if sub.cooldown:
             last = await self.log.last_sent(sub.name, alert.topic)
             if last is not None and now < last + sub.cooldown:
                 return "cooldown", last + sub.cooldown
         return None
-
-    @staticmethod
-    def _quiet_until(sub: Subscription, record: DeliveryRecord, now: datetime, *, told: bool) -> datetime | None:
-        """When a due retry, or a delivery whose cooldown ended, may go out if it came due in the
-        subscriber's quiet hours: the rules of a first send apply (critical goes through, and so
-        does an all clear to a subscriber who was ``told`` of the alert)."""
-        if record.severity == "critical" or (record.alert_status == "resolved" and told) or sub.quiet_hours is None:
-            return None
-        return sub.quiet_hours.ends_after(now) if sub.quiet_hours.is_quiet(now) else None
 
     async def retry_due(self, now: datetime | None = None, *,
                         still_mine: Callable[[], bool] | None = None) -> list[DeliveryRecord]:
@@ -481,7 +473,10 @@ class Dispatcher:
             if until is not None:
                 results.append(await self._put_held(record, "with_alert", until))
                 return results
-        quiet_until = self._quiet_until(sub, record, now, told=sent_seq is not None)
+        # A retry, or a delivery whose cooldown ended, that came due in quiet hours waits as a first
+        # send would: critical goes through, and so does an all clear to one who heard of the alert.
+        through = record.severity == "critical" or (record.alert_status == "resolved" and sent_seq is not None)
+        quiet_until = None if through else sub.quiet_until(now)
         if quiet_until is not None:
             results.append(await self._put_held(record, "quiet_hours", quiet_until))
             return results

@@ -263,6 +263,12 @@ class Subscription(_Model):
             return False
         return _RANK[alert.severity] >= _RANK[self.min_severity]
 
+    def quiet_until(self, now: datetime) -> datetime | None:
+        """When this subscriber's quiet hours end, if ``now`` is in them."""
+        if self.quiet_hours is None or not self.quiet_hours.is_quiet(now):
+            return None
+        return self.quiet_hours.ends_after(now)
+
     def digest_due(self, now: datetime) -> datetime:
         """The end of the digest period ``now`` falls in (periods are aligned on the epoch, UTC)."""
         assert self.digest is not None
