@@ -23,7 +23,7 @@ def build_worker(settings: Settings):  # type: ignore[no-untyped-def]
     from streams.sinks.elasticsearch import ElasticsearchSink, make_client
     from streams.tagging import Tagger
 
-    tagger = Tagger.load(settings.taxonomy, settings.model)
+    tagger = Tagger.load(settings.taxonomy, settings.model, explain=settings.model_evidence)
     app = create_app(settings)
     sink = ElasticsearchSink(make_client(es_client_kwargs(settings)), settings.index_mentions,
                              max_backoff=settings.es_retry_max_backoff)

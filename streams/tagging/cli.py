@@ -39,9 +39,9 @@ def _progress(desc: str) -> tqdm[Any]:
     return tqdm(desc=desc, unit=" rows", file=sys.stderr, disable=None, mininterval=0.5)
 
 
-def _load_tagger(taxonomy: Path, model: Path | None, enrich: bool) -> Tagger:
+def _load_tagger(taxonomy: Path, model: Path | None, enrich: bool, explain: bool = True) -> Tagger:
     try:
-        return Tagger.load(taxonomy, model, enrich=enrich)
+        return Tagger.load(taxonomy, model, enrich=enrich, explain=explain)
     except (taxonomy_mod.TaxonomyError, model_mod.ModelError) as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -117,7 +117,7 @@ def eval_(settings: Settings, path: Path, text_col: str, label_col: str, id_col:
           label_sep: str | None, topics: str | None, taxonomy: Path | None, model_path: Path | None,
           split: dataset.Split) -> None:
     """Precision, recall and F1 per topic, and macro-F1, of the tagger against labels."""
-    tagger = _load_tagger(taxonomy or settings.taxonomy, model_path or settings.model, enrich=False)
+    tagger = _load_tagger(taxonomy or settings.taxonomy, model_path or settings.model, enrich=False, explain=False)
     predicted: list[list[str]] = []
     gold: list[frozenset[str]] = []
     rows = _rows(path, text_col, id_col=id_col, label_col=label_col, label_sep=label_sep, split=split)

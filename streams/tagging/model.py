@@ -88,6 +88,25 @@ class TopicModel:
     def predict_one(self, text: str) -> dict[str, float]:
         return self.predict([text])[0]
 
+    def predict_with_features(self, texts: Sequence[str]) -> tuple[list[dict[str, float]], Any]:
+        """:meth:`predict`, and the TF-IDF features of the texts (one sparse row each).
+
+        The explainer (:mod:`streams.tagging.explain`) reads the same features, so a tagger
+        that explains its model tags computes them once.
+        """
+        texts = list(texts)
+        words = tfidf_member(self.pipeline)
+        features = words.named_steps["features"].transform(texts)
+        probs = np.asarray(words.named_steps["clf"].predict_proba(features))
+        members = getattr(self.pipeline, "members", None)
+        if members:  # a Blend: the same weighted mean as Blend.predict_proba
+            total = sum(weight for _name, _estimator, weight in members)
+            probs = sum((weight / total) * (probs if estimator is words else np.asarray(estimator.predict_proba(texts)))
+                        for _name, estimator, weight in members)
+        columns = _topic_columns(getattr(self.pipeline, "classes_", None), probs, self.meta.topics)
+        topics = self.meta.topics
+        return [{t: float(p) for t, p in zip(topics, row, strict=True)} for row in columns], features
+
     def save(self, path: Path) -> None:
         import joblib
 
@@ -230,6 +249,14 @@ class Blend:
         total = sum(weight for _name, _estimator, weight in self.members)
         return sum(weight / total * np.asarray(estimator.predict_proba(X))
                    for _name, estimator, weight in self.members)
+
+
+def tfidf_member(pipeline: Any) -> Any:
+    """The TF-IDF pipeline of a model: the model itself, or the ``tfidf`` member of a Blend."""
+    for name, estimator, _weight in getattr(pipeline, "members", ()):
+        if name == "tfidf":
+            return estimator
+    return pipeline
 
 
 def _classifier(params: dict[str, Any], exclusive: bool, C: float, gate_C: float) -> Any:

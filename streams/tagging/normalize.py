@@ -111,6 +111,13 @@ class Normalized:
         parts.append(self.text[last:])
         return " ".join(parts)
 
+    def model_to_original(self, start: int, end: int) -> tuple[int, int]:
+        """Map a span of :meth:`for_model` (one word, no opened hump inside) to the original."""
+        # The i-th opened hump (sorted) put a space at model offset cut + i.
+        opened = [cut + i for i, cut in enumerate(sorted(self.soft))]
+        shift = bisect_right(opened, start)
+        return self.to_original(start - shift, end - shift)
+
 
 def _blank(match: re.Match[str]) -> str:
     return " " * len(match.group(0))

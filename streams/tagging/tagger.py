@@ -8,8 +8,10 @@ Precedence, per topic, for one post:
    tags the topic; its score is 1.0 and each matching rule is a ``TagReason``.
 3. The model, when one is loaded, tags a topic the rules did not when its probability is at
    or above the topic's threshold: the taxonomy's ``threshold`` if set, else the threshold
-   the model was tuned to, else 0.5. Its score is that probability. Topics the model knows
-   but the taxonomy does not are ignored.
+   the model was tuned to, else 0.5. Its score is that probability, and its reason names
+   the word of the post that weighed most for the topic (span and text; see
+   :mod:`streams.tagging.explain`). Topics the model knows but the taxonomy does not are
+   ignored.
 4. A tagged topic also tags its ancestors (``parent``), unless they are excluded.
 
 Language: the caller's ``lang`` (the source's own tag) picks the per-language terms; when
@@ -27,9 +29,11 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from schemas.records import TagReason
 from streams.tagging import enrich
+from streams.tagging import explain as explain_mod
 from streams.tagging import model as model_mod
 from streams.tagging import taxonomy as taxonomy_mod
 from streams.tagging.matcher import Matcher, RuleMatch, primary_lang
@@ -71,22 +75,35 @@ def _compile(tax: taxonomy_mod.Taxonomy, model: model_mod.TopicModel | None) -> 
     return _Compiled(tax, Matcher(tax), ancestors, thresholds)
 
 
+Evidence = dict[str, tuple[tuple[int, int], str]]  # topic -> (span, text) of the word that weighed most
+
+
+def model_topics(compiled: _Compiled, rules: RuleMatch, probs: dict[str, float] | None) -> list[str]:
+    """The topics the model tags for a post: at or above threshold, not ruled, not excluded."""
+    if not probs:
+        return []
+    return [topic for topic, threshold in compiled.thresholds.items()
+            if topic not in rules.reasons and topic not in rules.excluded and probs.get(topic, 0.0) >= threshold]
+
+
 def combine(
-    compiled: _Compiled, rules: RuleMatch, probs: dict[str, float] | None
+    compiled: _Compiled, rules: RuleMatch, probs: dict[str, float] | None, evidence: Evidence | None = None
 ) -> tuple[list[str], list[TagReason], dict[str, float]]:
-    """Rules + model probabilities -> (tags, why, scores), by the precedence above."""
+    """Rules + model probabilities -> (tags, why, scores), by the precedence above.
+
+    ``evidence`` gives, for the topics the model tags, the span and text of the word that
+    weighed most (see :mod:`streams.tagging.explain`).
+    """
     why: list[TagReason] = []
     scores: dict[str, float] = {}
     for topic, reasons in rules.reasons.items():
         why.extend(reasons)
         scores[topic] = 1.0
-    if probs:
-        for topic, threshold in compiled.thresholds.items():
-            p = probs.get(topic, 0.0)
-            if topic in scores or topic in rules.excluded or p < threshold:
-                continue
-            scores[topic] = round(p, 4)
-            why.append(TagReason(topic=topic, rule=f"{topic}.model", tier="model", score=round(p, 4)))
+    for topic in model_topics(compiled, rules, probs):
+        p = round((probs or {})[topic], 4)
+        scores[topic] = p
+        span, matched = (evidence or {}).get(topic, (None, None))
+        why.append(TagReason(topic=topic, rule=f"{topic}.model", tier="model", score=p, span=span, matched=matched))
     for topic in list(scores):
         for parent in compiled.ancestors.get(topic, ()):
             if parent in rules.excluded:
@@ -106,6 +123,7 @@ class Tagger:
         *,
         language: bool,
         sentiment: bool,
+        explain: bool = True,
     ) -> None:
         self.taxonomy_path = Path(taxonomy_path)
         self.model = model
@@ -113,6 +131,7 @@ class Tagger:
         self.sentiment = sentiment
         self._compiled = compiled
         self._stat = _stat_key(self.taxonomy_path)
+        self._explainer = explain_mod.Explainer(model) if model is not None and explain else None
 
     @classmethod
     def load(
@@ -123,8 +142,13 @@ class Tagger:
         enrich: bool = True,
         language: bool | None = None,
         sentiment: bool | None = None,
+        explain: bool = True,
     ) -> Tagger:
-        """Read and compile the taxonomy (and model). ``language``/``sentiment`` override ``enrich``."""
+        """Read and compile the taxonomy (and model). ``language``/``sentiment`` override ``enrich``.
+
+        ``explain``: model tags name the word that weighed most (off for backtests, which
+        read only the tags; it costs about 40% of the TF-IDF tier's throughput).
+        """
         tax = taxonomy_mod.load(Path(taxonomy_path))
         model = model_mod.load(Path(model_path)) if model_path is not None else None
         tagger = cls(
@@ -133,6 +157,7 @@ class Tagger:
             model,
             language=enrich if language is None else language,
             sentiment=enrich if sentiment is None else sentiment,
+            explain=explain,
         )
         if tagger.language or tagger.sentiment:
             _warm_up(tagger.language, tagger.sentiment)
@@ -158,15 +183,40 @@ class Tagger:
         effective = [primary_lang(given) or det for given, det in zip(langs, detected, strict=True)]
         matches = [compiled.matcher.match(t, lang) for t, lang in zip(texts, effective, strict=True)]
         probs: list[dict[str, float] | None] = [None] * len(texts)
+        model_texts = [""] * len(texts)
+        features = None
         if self.model is not None and compiled.thresholds:
             model_texts = [m.normalized.for_model() if m.normalized else "" for m in matches]
-            probs = list(self.model.predict(model_texts))
+            if self._explainer is not None:
+                found, features = self.model.predict_with_features(model_texts)
+                probs = list(found)
+            else:
+                probs = list(self.model.predict(model_texts))
+        evidence = self._evidence(texts, matches, model_texts, probs, features)
         results = []
         for i, text in enumerate(texts):
-            tags, why, scores = combine(compiled, matches[i], probs[i])
+            tags, why, scores = combine(compiled, matches[i], probs[i], evidence[i])
             senti = enrich.sentiment(text, effective[i]) if self.sentiment else None
             results.append(TagResult(tags, why, scores, detected[i], senti))
         return results
+
+    def _evidence(self, texts: Sequence[str], matches: list[RuleMatch], model_texts: list[str],
+                  probs: list[dict[str, float] | None], features: Any) -> list[Evidence]:
+        """The evidence of every model tag of a batch, in one pass of the explainer."""
+        out: list[Evidence] = [{} for _ in texts]
+        if self._explainer is None:
+            return out
+        wanted = [model_topics(self._compiled, m, p) for m, p in zip(matches, probs, strict=True)]
+        if not any(wanted):
+            return out
+        found = self._explainer.evidence(model_texts, wanted, features)
+        for i, (text, match) in enumerate(zip(texts, matches, strict=True)):
+            normalized = match.normalized
+            for topic, ev in found[i].items():
+                if normalized is not None:
+                    start, end = normalized.model_to_original(ev.start, ev.end)
+                    out[i][topic] = ((start, end), text[start:end])
+        return out
 
     def maybe_reload(self) -> bool:
         """Re-read the taxonomy if its file changed; keep the current one if the new one is bad."""
