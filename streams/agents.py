@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 OnIndexed = Callable[[list[dict[str, Any]], "faust.types.EventT"], Awaitable[None]]
 
 
+#: a batch stored for this long is held by the search server, not just being written
+STALL_SECONDS = 10.0
+
+
 @dataclass
 class Throughput:
     """Running totals, logged every ``every`` seconds so an operator sees progress."""
@@ -47,10 +51,31 @@ class Throughput:
     #: records in the last batch and when it was done (a full batch means a backlog)
     last_records: int = 0
     last_at: float = 0.0
+    #: since when each batch being stored began (one per index actor), and when counting began
+    busy: dict[int, float] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.monotonic)
     #: where the time goes: validating and tagging, waiting on the search server, counting
     seconds: dict[str, float] = field(default_factory=lambda: {"tag": 0.0, "index": 0.0, "count": 0.0})
     _last_log: float = field(default_factory=time.monotonic)
     _last_mentions: int = 0
+
+    def caught_up(self, *, batch_size: int, batch_within: float, warm_up: float,
+                  stall: float = STALL_SECONDS, now: float | None = None) -> bool:
+        """Whether the mentions read so far are counted, so that windows may close.
+
+        Not while a batch has been held for ``stall`` seconds (the search server refusing
+        writes: its mentions are counted once stored), not while a backlog is being read
+        (the last batch was full and the next is due), and not before this worker has stored
+        a batch in its first ``warm_up`` seconds (what the previous worker left unread comes
+        first). Windows close late in those cases, never short of their mentions.
+        """
+        now = time.monotonic() if now is None else now
+        if any(now - since >= stall for since in self.busy.values()):
+            return False
+        if not self.last_at:
+            return now - self.started_at >= warm_up
+        idle = now - self.last_at > 2 * batch_within
+        return idle or self.last_records < batch_size
 
     def lap(self, stage: str, since: float) -> float:
         now = time.perf_counter()
@@ -166,8 +191,10 @@ def register(app: faust.App, settings: Settings, tagger: pipeline.TaggerLike, si
     @app.agent(raw, name="index-mentions", concurrency=settings.worker_concurrency)
     async def index_mentions(stream: faust.StreamT[Any]) -> None:
         async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
+            stats.busy[id(events)] = time.monotonic()
             try:
                 await store(events)
+                del stats.busy[id(events)]
             except WriteAbandoned:
                 exit_holding(events, 0, "the worker is stopping while the search server refuses writes")
             except asyncio.CancelledError:

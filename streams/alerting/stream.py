@@ -170,11 +170,11 @@ class AlertingStream:
         await asyncio.gather(*futures)
 
     def _ingest_caught_up(self) -> bool:
-        ingest = self.ingest
-        if ingest is None or not ingest.last_at:
+        if self.ingest is None:
             return True
-        idle = time.monotonic() - ingest.last_at > 2 * self.settings.batch_within
-        return idle or ingest.last_records < self.settings.batch_size
+        settings = self.settings
+        return bool(self.ingest.caught_up(batch_size=settings.batch_size, batch_within=settings.batch_within,
+                                          warm_up=settings.alert_grace_seconds))
 
     # -- agents and timers ---------------------------------------------------------------
 
