@@ -590,6 +590,7 @@ def _digest_key(subscription: str, records: list[DeliveryRecord]) -> str:
 
 def _raise_first(unrecorded: list[Exception]) -> None:
     """An error that could not be recorded must not vanish: the caller sees the first (all
-    were logged), so the event is handled again (idempotency keys skip what was done)."""
+    were logged) and handles the event again (idempotency keys skip what was done; the
+    worker's alert agent tries until it succeeds, see ``stream.until_done``)."""
     if unrecorded:
         raise unrecorded[0]

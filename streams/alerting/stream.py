@@ -17,6 +17,8 @@ How it fits together::
                  events → the alerts topic (acked), then the series state is saved in the
                  ``alert-series`` table (its changelog survives restarts)
     notify-subscribers: alerts topic → earful-alerts (id = alert id) → Dispatcher → receivers
+                 (an event is tried again until it is stored and delivered or recorded:
+                 acknowledging it on an error would lose it)
     retry timer (the alerts partition's owner): held and failed deliveries that have come due
 
 Windows close on the worker's clock, not on the next mention: a topic that goes quiet
@@ -34,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -42,6 +44,7 @@ import faust
 from elasticsearch import AsyncElasticsearch, NotFoundError
 
 from schemas.records import Alert, AlertSample
+from streams.agents import exit_holding
 from streams.alerting import terms
 from streams.alerting.counting import (
     CountRecord,
@@ -204,11 +207,21 @@ class AlertingStream:
 
         @app.agent(self.alerts_topic, name="notify-subscribers")
         async def notify(stream: faust.StreamT[bytes]) -> None:
-            async for value in stream:
-                alert = Alert.model_validate_json(value)
-                await self._index_alert(alert)
-                if self.subscriptions:
-                    await self.dispatcher.dispatch(alert)
+            async for event in stream.events():
+                try:
+                    alert = Alert.model_validate_json(event.value)
+                except ValueError as exc:
+                    log.error("an alerts record at offset %d is not an alert, skipped: %s", event.message.offset, exc)
+                    continue
+                what = f"alert {alert.id} #{alert.sequence}"
+                try:
+                    done = await until_done(lambda alert=alert: self._store_and_deliver(alert), what,
+                                            stopping=lambda: bool(app.should_stop),
+                                            max_backoff=self.settings.es_retry_max_backoff)
+                except asyncio.CancelledError:
+                    done = False
+                if not done:  # acknowledging it now would lose it: the next worker handles it
+                    exit_holding([event], 0, f"the worker is stopping before {what} was stored and delivered")
 
         @app.timer(30.0)
         async def retry_deliveries() -> None:
@@ -306,6 +319,11 @@ class AlertingStream:
         future = await self.alerts_topic.send(key=alert.id.encode(), value=alert.model_dump_json().encode())
         await future  # acked before the series state moves on
 
+    async def _store_and_deliver(self, alert: Alert) -> None:
+        await self._index_alert(alert)
+        if self.subscriptions:
+            await self.dispatcher.dispatch(alert)
+
     async def _index_alert(self, alert: Alert) -> None:
         """The alert document follows the lifecycle; a late redelivery never rolls it back."""
         try:
@@ -317,6 +335,36 @@ class AlertingStream:
             pass
         doc = alert.model_dump(mode="json")
         await self.es.index(index=self.settings.index_alerts, id=alert.id, document=doc, refresh="wait_for")
+
+
+async def until_done(work: Callable[[], Awaitable[None]], what: str, *, stopping: Callable[[], bool],
+                     max_backoff: float, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> bool:
+    """Run ``work`` until it succeeds, backing off between tries; False if stopping first.
+
+    An alert event is acknowledged once its handler returns, by an error too, and the
+    consumer then commits past it: one the search server could not store, or whose
+    deliveries could not be recorded, would be lost. So it is tried again (the alert's
+    sequence and the deliveries' idempotency keys make a second try safe) for as long as
+    the worker runs, and the alerts partition waits behind it.
+    """
+    delay, tries = 1.0, 0
+    while True:
+        try:
+            await work()
+            if tries:
+                log.info("%s stored and delivered after %d failed tries", what, tries)
+            return True
+        except Exception as exc:
+            tries += 1
+            if stopping():
+                log.warning("%s: %s", what, exc)
+                return False
+            log.warning("%s could not be stored or delivered (try %d): %s; trying again in %.0f s",
+                        what, tries, exc, delay)
+        await sleep(delay)
+        if stopping():
+            return False
+        delay = min(delay * 2, max_backoff)
 
 
 def register(app: faust.App, settings: Settings,
