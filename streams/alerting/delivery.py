@@ -29,10 +29,11 @@ over, not at 07:00. A subscriber who was sent none of them gets it the way the a
 events go: held with them and released together, when it supersedes them. It never goes out
 alone to someone who was not told of the alert.
 
-Quiet hours apply to every send of a subscription without a digest, not only the first: a
-retry of a failed delivery, or one held for a cooldown, that comes due at night waits for the
-morning like a new alert would. (That wait counts toward ``give_up_after``: the delivery had
-been tried already.) A digest goes out at the times its subscriber chose.
+Quiet hours apply to every send, not only the first: a retry of a failed delivery, or one
+held for a cooldown, that comes due at night waits for the morning like a new alert would.
+(That wait counts toward ``give_up_after``: the delivery had been tried already.) A digest goes
+out at the end of its period, and one whose period ends in quiet hours (or whose retry comes due
+in them) goes out when they end; critical alerts go through quiet hours either way.
 
 Within one worker, one subscription's deliveries of one alert (or its digest) go out one at a
 time: a retry of an older event still on its way and the alert's newer event never cross, so a
@@ -393,7 +394,10 @@ class Dispatcher:
 
     async def _hold(self, sub: Subscription, alert: Alert, now: datetime) -> tuple[str, datetime] | None:
         if sub.digest is not None:
-            return "digest", sub.digest_due(now)
+            due = sub.digest_due(now)
+            if alert.severity != "critical":  # a period that ends at night goes out in the morning
+                due = sub.quiet_until(due) or due
+            return "digest", due
         if alert.severity == "critical":
             return None  # critical goes through quiet hours and cooldowns
         quiet_until = sub.quiet_until(now)
@@ -459,7 +463,12 @@ class Dispatcher:
             batches: dict[str | None, list[DeliveryRecord]] = defaultdict(list)
             for record in latest:
                 batches[record.digest_key].append(record)
+            quiet_until = sub.quiet_until(now)
             for batch in batches.values():
+                if quiet_until is not None and not any(r.severity == "critical" for r in batch):
+                    # A retry of a failed digest that comes due at night waits for the morning.
+                    results.extend([await self._put_held(r, "digest", quiet_until) for r in batch])
+                    continue
                 results.extend(await self._deliver(sub, batch, min(self._tries(r) for r in batch)))
             return results
         (record,) = latest

@@ -31,7 +31,8 @@ Rules the dispatcher applies (see delivery.py):
   whatever the quiet hours or cooldown. To one who was not, it goes with the alert's held events
   (replacing them, as the latest event); with no such events it is not sent: there is nothing
   to clear for someone who never heard of the alert.
-- Digest: events are collected and sent as one message per period, on period boundaries.
+- Digest: events are collected and sent as one message per period, on period boundaries; a
+  period that ends in quiet hours goes out when they end (critical alerts do not wait).
 
 Secrets: any string may be ``${ENV_NAME}`` (an environment variable) or ``${file:/path}`` (a
 secret file, trailing newline dropped). Webhook URLs must be http(s). They are kept as

@@ -609,3 +609,38 @@ def test_an_email_claim_allows_for_every_answer_of_the_conversation() -> None:
     # 12 answers of the server plus one per recipient, 20 s each, per try.
     assert max_try_seconds(mail.channel) == 14 * 20
     assert RetryPolicy().lease_for(max_try_seconds(mail.channel), tries=1) == timedelta(seconds=310)
+
+
+async def test_a_digest_period_that_ends_in_quiet_hours_goes_out_when_they_end() -> None:
+    n = FakeNotifier()
+    quiet = {"start": "22:00", "end": "07:00", "timezone": "Australia/Sydney"}
+    d, log, clock, _ = make([sub(digest="1h", topics=["*"], quiet_hours=quiet)], {"ops": n}, now=NIGHT)
+    [held] = await d.dispatch(alert(0, severity="minor"))
+    assert held.status == "held" and held.reason == "digest" and held.next_attempt_at == MORNING
+    clock.now = NIGHT + timedelta(hours=1)  # the hour's period is over, at midnight in Sydney
+    assert await d.retry_due() == [] and n.sent == []
+    [critical] = await d.dispatch(alert(0, id="c1", severity="critical"))
+    assert critical.next_attempt_at == NIGHT + timedelta(hours=2)  # its own period's end, night or not
+    clock.now = MORNING
+    sent = await d.retry_due()
+    assert {r.id: r.status for r in sent} == {"a1:0:ops": "sent", "c1:0:ops": "sent"}
+    [(key, alerts)] = n.sent
+    assert key.startswith("digest:ops:") and {a.id for a in alerts} == {"a1", "c1"}
+
+
+async def test_a_failed_digest_whose_retry_comes_due_at_night_waits_for_the_morning() -> None:
+    n = FakeNotifier(*[RetriableDeliveryError("503")] * 3)
+    quiet = {"start": "22:00", "end": "07:00", "timezone": "Australia/Sydney"}
+    evening = NIGHT - timedelta(hours=2, minutes=30)  # 20:30 Sydney: the period ends at 21:00
+    d, log, clock, _ = make([sub(digest="1h", topics=["*"], quiet_hours=quiet)], {"ops": n}, now=evening)
+    await d.dispatch(alert(0, severity="minor"))
+    clock.now = NIGHT - timedelta(hours=2)  # 21:00: the digest fails its in-line tries
+    [pending] = await d.retry_due()
+    assert pending.status == "pending" and pending.digest_key is not None
+    clock.now = NIGHT  # 23:00: the retry comes due in quiet hours
+    [held] = await d.retry_due()
+    assert held.status == "held" and held.reason == "digest" and held.next_attempt_at == MORNING
+    assert held.digest_key == pending.digest_key and n.sent == []
+    clock.now = MORNING
+    [sent] = await d.retry_due()
+    assert sent.status == "sent" and [k for k, _ in n.sent] == [pending.digest_key]
