@@ -312,8 +312,15 @@ def _describe(exc: ValidationError, index: int, name: Any) -> str:
 
 
 def parse_subscriptions(data: Any) -> list[Subscription]:
-    """Validate loaded YAML (a list, or a mapping with ``subscriptions``) into subscriptions."""
+    """Validate loaded YAML (a list, or a mapping with ``subscriptions``) into subscriptions.
+
+    Given the whole config, a subscription that names ``sources`` while ``alerting.per_source``
+    is off is refused: only per-source alerts carry a source, so it would never hear of one.
+    """
+    per_source: bool | None = None
     if isinstance(data, dict):
+        alerting = data.get("alerting")
+        per_source = bool(alerting.get("per_source", False)) if isinstance(alerting, dict) else False
         data = data.get("subscriptions", [])
     if data is None:
         return []
@@ -335,6 +342,9 @@ def parse_subscriptions(data: Any) -> list[Subscription]:
         if sub.name in seen:
             problems.append(f"subscription {sub.name!r}: the name is used twice")
         seen.add(sub.name)
+        if sub.sources and per_source is False:
+            problems.append(f"subscription {sub.name!r}: it names sources, but alerting.per_source is off, "
+                            "so no alert carries a source: set per_source: true, or drop sources")
     if problems:
         raise SubscriptionError("invalid subscriptions:\n" + "\n".join(problems))
     return subs

@@ -180,3 +180,14 @@ def test_quoted_quiet_hours_are_local_times() -> None:
     assert quiet is not None and quiet.start == time(22) and quiet.end == time(7)
     assert quiet.start.tzinfo is None
     assert quiet.is_quiet(datetime(2024, 7, 1, 12, 30, tzinfo=UTC))  # 22:30 in Sydney
+
+
+def test_sources_without_per_source_alerts_are_refused_as_never_heard() -> None:
+    entry = {"name": "reddit-watch", "sources": ["reddit"], "channel": {"type": "slack", "url": SECRET_URL}}
+    with pytest.raises(SubscriptionError, match="'reddit-watch': it names sources, but alerting.per_source is off"):
+        parse_subscriptions({"alerting": {"per_source": False}, "subscriptions": [entry]})
+    with pytest.raises(SubscriptionError, match="per_source is off"):
+        parse_subscriptions({"subscriptions": [entry]})
+    [sub] = parse_subscriptions({"alerting": {"per_source": True}, "subscriptions": [entry]})
+    assert sub.sources == ["reddit"]
+    assert parse_subscriptions([entry])[0].name == "reddit-watch"  # a list alone: no config to check
