@@ -111,17 +111,19 @@ class AlertingStream:
     """The alerting agents of one worker; ``on_indexed`` is the index agent's hook."""
 
     def __init__(self, app: faust.App, settings: Settings,
-                 topics: Callable[[], Mapping[str, str | None]]) -> None:
+                 topics: Callable[[], Mapping[str, str | None]],
+                 taxonomy_version: Callable[[], str] | None = None) -> None:
         self.app = app
         self.settings = settings
         #: the taxonomy's topics and their parents (it may be reloaded while the worker runs)
         self.topics = topics
+        #: the tagger's version: with the alerting section, the rules an alert is raised under
+        self.taxonomy_version = taxonomy_version or (lambda: "")
         self.partitions = settings.raw_partitions
         self.window = settings.alert_window_seconds
         config = settings.config()
-        self.cfg = AlertingConfig.from_config(
-            config.get("alerting"), window_seconds=self.window, kibana_url=settings.kibana_url)
-        self.watch = Watch(self.cfg)
+        self._alerting_section = config.get("alerting")
+        self._configure(self.taxonomy_version())
         self.subscriptions = parse_subscriptions(config)
         #: set by the worker: the index agent's progress (ticks wait while it has a backlog)
         self.ingest: Any = None
@@ -145,6 +147,19 @@ class AlertingStream:
         self.series = app.Table("alert-series", partitions=self.partitions)
         self._max_age = expires.total_seconds() - self.window
         self._register()
+
+    def _configure(self, taxonomy_version: str) -> None:
+        self.cfg = AlertingConfig.from_config(self._alerting_section, window_seconds=self.window,
+                                              kibana_url=self.settings.kibana_url,
+                                              taxonomy_version=taxonomy_version)
+        self.watch = Watch(self.cfg)
+        self._configured_for = taxonomy_version
+
+    def _follow_taxonomy(self) -> None:
+        """A reloaded taxonomy changes the rules: alerts raised from now on say so."""
+        current = self.taxonomy_version()
+        if current != self._configured_for:
+            self._configure(current)
 
     # -- clients -------------------------------------------------------------------------
 
@@ -283,6 +298,7 @@ class AlertingStream:
         return self.topic_authors.size(topic, start)
 
     async def _close(self, partition: int, tick: CountRecord) -> None:
+        self._follow_taxonomy()
         horizon = window_start(tick.until, self.window)
         now = datetime.fromtimestamp(tick.now, tz=UTC)
         evidence = MentionEvidence(self.es, self.settings.index_mentions, self.cfg.lifecycle.max_samples)
@@ -368,10 +384,12 @@ async def until_done(work: Callable[[], Awaitable[None]], what: str, *, stopping
 
 
 def register(app: faust.App, settings: Settings,
-             topics: Callable[[], Mapping[str, str | None]] | None = None) -> AlertingStream:
+             topics: Callable[[], Mapping[str, str | None]] | None = None,
+             taxonomy_version: Callable[[], str] | None = None) -> AlertingStream:
     """Add the alerting agents to ``app``.
 
     ``topics`` gives the taxonomy's topics with their parents: each is watched from the start
     (quiet topics included), and a mention counts for its most specific topics only.
+    ``taxonomy_version`` gives the tagger's version, which each alert's ``config_version`` names.
     """
-    return AlertingStream(app, settings, topics or dict)
+    return AlertingStream(app, settings, topics or dict, taxonomy_version)

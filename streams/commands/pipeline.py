@@ -30,7 +30,8 @@ def build_worker(settings: Settings):  # type: ignore[no-untyped-def]
     from streams.alerting import stream as alerting_stream
 
     alerting = alerting_stream.register(
-        app, settings, topics=lambda: {tid: t.parent for tid, t in tagger.taxonomy.topics.items()})
+        app, settings, topics=lambda: {tid: t.parent for tid, t in tagger.taxonomy.topics.items()},
+        taxonomy_version=lambda: tagger.version)
     alerting.ingest = agents.register(app, settings, tagger, sink, on_indexed=alerting.on_indexed)
 
     @app.on_before_shutdown.connect

@@ -230,7 +230,7 @@ def test_a_spike_raises_one_alert_delivered_updated_resolved_and_indexed(
     assert doc["samples"] and all(s["url"] for s in doc["samples"])
     assert any(s["source"] == "mastodon" for s in doc["samples"])
     assert {"mygov", "down", "ato", "lodge"} & set(doc["top_terms"]), doc["top_terms"]
-    assert doc["config_version"]
+    assert doc["config_version"].startswith("alerting-") and "+tax-agency@" in doc["config_version"]
 
     # Every event is on the alerts topic, and the delivery log says each one was sent.
     records = consume_all(stack.settings, stack.settings.topic_alerts, expect=len(events))
