@@ -27,14 +27,19 @@ DEFAULT_TUNE_ON = "AAPL,AMZN,CRM"
 
 
 def load_config(path: Path | None, topic: str | None, overrides: dict[str, Any]) -> DetectorConfig:
-    """Detector settings from a YAML file (the mapping itself, or under ``detector:``)."""
+    """Detector settings from a YAML file: the worker's config file (``alerting.detector``),
+    or the mapping itself, or under ``detector:``."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise click.ClickException(f"cannot read {path}: {exc}") from exc
-        data = dict(loaded.get("detector", loaded) if isinstance(loaded, dict) else {})
+        if not isinstance(loaded, dict):
+            raise click.ClickException(f"{path}: expected a mapping of detector settings")
+        if isinstance(loaded.get("alerting"), dict):
+            loaded = loaded["alerting"].get("detector") or {}
+        data = dict(loaded.get("detector", loaded))
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         cfg = DetectorConfig.from_dict(data)
@@ -73,7 +78,7 @@ def _rows(path: Path, time_col: str, value_col: str) -> Iterator[tuple[str, date
 @click.option("--time-col", default="timestamp", show_default=True, help="Column with ISO-8601 times (naive: UTC) or epoch seconds.")
 @click.option("--value-col", default="value", show_default=True, help="Column with the count.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Detector settings YAML (the mapping, or under 'detector:').")
+              help="Detector settings YAML: the worker's config file, or the mapping (or under 'detector:').")
 @click.option("--topic", help="Apply this topic's sensitivity and calendar overrides.")
 @click.option("--threshold", type=float, help="anomaly_score a row needs to be anomalous.")
 @click.option("--min-count", type=float, help="A count below this is never a spike.")

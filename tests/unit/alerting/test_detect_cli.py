@@ -6,6 +6,7 @@ import json
 import math
 import random
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -84,6 +85,21 @@ def test_a_declared_busy_period_suppresses_the_alert(tmp_path):
     out = detect(path, "--time-col", "time", "--value-col", "mentions", "--config", str(config))
     assert not any(r["alert"] == "1" for r in out)
     assert float(out[SPIKE]["expected"]) > 4 * 60
+
+
+def test_the_workers_config_file_is_read_for_its_alerting_detector(tmp_path):
+    rows = counts(spike=600)
+    at = rows[SPIKE][0]
+    config = tmp_path / "earful.yaml"
+    config.write_text(json.dumps({"sources": [], "subscriptions": [], "alerting": {"per_source": False, "detector": {
+        "min_count": 1000, "overrides": [{"start": (at - timedelta(hours=1)).isoformat(),
+                                          "end": (at + timedelta(hours=1)).isoformat(), "multiplier": 8}]}}}))
+    path = str(write(tmp_path / "c.csv", rows))
+    out = detect(path, "--time-col", "time", "--value-col", "mentions", "--config", str(config))
+    assert not any(r["alert"] == "1" for r in out)
+    assert float(out[SPIKE]["expected"]) > 4 * 60
+    shipped = Path(__file__).resolve().parents[3] / "deploy" / "earful.yaml"
+    assert len(detect(path, "--time-col", "time", "--value-col", "mentions", "--config", str(shipped))) == len(rows)
 
 
 def test_a_high_floor_keeps_a_small_topic_quiet(tmp_path):
