@@ -54,7 +54,7 @@ class LifecycleConfig(BaseModel):
     config_version: str | None = None
     # Kibana Discover link: base URL of Kibana, the mentions data view id, and the fields to filter on.
     kibana_url: str | None = None
-    kibana_data_view: str | None = None
+    kibana_data_view: str | None = "earful-mentions"  # the id of the data view deploy/kibana ships
     kibana_topic_field: str = "tags"
     kibana_source_field: str = "source"
     kibana_lookback: Duration = Field(default=timedelta(minutes=30))

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from urllib.parse import unquote
 
 from schemas.records import Alert, AlertSample
-from streams.alerting.lifecycle import AlertTracker, LifecycleConfig, alert_id
+from streams.alerting.lifecycle import AlertTracker, LifecycleConfig, alert_id, kibana_discover_url
 
 T0 = datetime(2024, 7, 1, 9, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
@@ -136,3 +137,14 @@ def test_sources_have_their_own_episodes() -> None:
     b = feed.step(50, source="reddit")
     assert a is not None and b is not None and a.id != b.id and b.source == "reddit"
     assert "reddit" in unquote(b.kibana_url or "")
+
+
+def test_the_kibana_link_opens_the_shipped_mentions_data_view_by_default() -> None:
+    cfg = LifecycleConfig(kibana_url="https://kibana.example.gov.au/")
+    url = unquote(kibana_discover_url(cfg, "outage", None, datetime(2026, 1, 1, tzinfo=UTC),
+                                      datetime(2026, 1, 1, 0, 5, tzinfo=UTC)) or "")
+    shipped = Path(__file__).resolve().parents[3] / "deploy" / "kibana" / "earful.ndjson"
+    views = {o["id"]: o["attributes"]["title"] for o in map(json.loads, shipped.read_text().splitlines())
+             if o["type"] == "index-pattern"}
+    assert f"index:'{cfg.kibana_data_view}'" in url
+    assert views[cfg.kibana_data_view or ""] == "earful-mentions*"
