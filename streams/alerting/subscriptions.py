@@ -120,7 +120,8 @@ class _Model(BaseModel):
 class WebhookChannel(_Model):
     type: Literal["webhook"]
     url: SecretStr
-    secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key for the signature header")
+    # Required: the receiver checks X-Earful-Signature with it, so a forged alert is refused.
+    secret: SecretStr = Field(description="HMAC-SHA256 key for the signature header")
     timeout: float = Field(default=10.0, gt=0)
     _check_url = field_validator("url")(_http_url)
 

@@ -132,7 +132,7 @@ async def test_a_digest_is_retried_under_its_first_key_with_the_log_in_elasticse
     client, index = es
     rec, url = receiver
     subs = parse_subscriptions([{"name": "daily", "digest": "1h", "topics": ["*"],
-                                 "channel": {"type": "webhook", "url": url}}])
+                                 "channel": {"type": "webhook", "url": url, "secret": "hook-s3cret"}}])
     clock = [NOW + timedelta(minutes=10)]
     dispatcher = Dispatcher(subs, ElasticsearchDeliveryLog(client, index), clock=lambda: clock[0],
                             sleep=_no_wait, policy=RetryPolicy(inline_attempts=1, retry_backoff=timedelta(hours=1)))

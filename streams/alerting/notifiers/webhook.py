@@ -33,8 +33,7 @@ class WebhookNotifier:
     async def _post(self, payload: dict[str, object], event_key: str) -> None:
         body = dumps(payload)
         headers = {"Idempotency-Key": event_key}
-        if self.channel.secret is not None:
-            headers[SIGNATURE_HEADER] = sign(self.channel.secret.get_secret_value(), body)
+        headers[SIGNATURE_HEADER] = sign(self.channel.secret.get_secret_value(), body)
         await post(self.client, self.channel.url, body=body, headers=headers, timeout=self.channel.timeout)
 
     async def send(self, alert: Alert, event_key: str) -> None:

@@ -101,7 +101,7 @@ def test_signed_test_alert_reaches_the_webhook(tmp_path: Path, receiver: Receive
 
 def test_failing_receiver_exits_non_zero_with_the_url_redacted(tmp_path: Path, receiver: Receiver) -> None:
     receiver.status = 500
-    config = _config(tmp_path, [{"name": "ops-hook", "channel": {"type": "webhook", "url": receiver.url}}])
+    config = _config(tmp_path, [{"name": "ops-hook", "channel": {"type": "webhook", "url": receiver.url, "secret": "hook-s3cret"}}])
     result = _invoke(config, "test-subscription", "ops-hook", "--attempts", "2", "--severity", "major")
     assert result.exit_code == 1
     assert len(receiver.requests) == 2
@@ -111,7 +111,7 @@ def test_failing_receiver_exits_non_zero_with_the_url_redacted(tmp_path: Path, r
 
 
 def test_resolve_follows_with_the_all_clear_of_the_same_alert(tmp_path: Path, receiver: Receiver) -> None:
-    config = _config(tmp_path, [{"name": "ops-hook", "channel": {"type": "webhook", "url": receiver.url}}])
+    config = _config(tmp_path, [{"name": "ops-hook", "channel": {"type": "webhook", "url": receiver.url, "secret": "hook-s3cret"}}])
     result = _invoke(config, "test-subscription", "ops-hook", "--resolve")
     assert result.exit_code == 0, result.output
     assert "ok: test all-clear delivered in 1 attempt(s)" in result.output
@@ -133,7 +133,7 @@ def test_pagerduty_test_incident_is_resolved_by_default(tmp_path: Path, receiver
 
 def test_unknown_name_lists_the_configured_ones(tmp_path: Path) -> None:
     config = _config(tmp_path, [
-        {"name": "ops-hook", "channel": {"type": "webhook", "url": "https://hooks.example/x"}},
+        {"name": "ops-hook", "channel": {"type": "webhook", "url": "https://hooks.example/x", "secret": "hook-s3cret"}},
         {"name": "comms", "channel": {"type": "slack", "url": "https://hooks.slack.example/y"}},
     ])
     result = _invoke(config, "test-subscription", "opps-hook")
@@ -145,7 +145,7 @@ def test_unknown_name_lists_the_configured_ones(tmp_path: Path) -> None:
 
 
 def test_invalid_subscription_is_reported_without_its_url(tmp_path: Path) -> None:
-    config = _config(tmp_path, [{"name": "ops-hook", "channel": {"type": "webhook", "url": f"ftp://h/{TOKEN}"}}])
+    config = _config(tmp_path, [{"name": "ops-hook", "channel": {"type": "webhook", "url": f"ftp://h/{TOKEN}", "secret": "hook-s3cret"}}])
     result = _invoke(config, "test-subscription", "ops-hook")
     assert result.exit_code == 1
     assert "must be an http(s) URL" in result.output and TOKEN not in result.output

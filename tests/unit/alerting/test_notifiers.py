@@ -75,11 +75,12 @@ async def test_webhook_body_signature_and_idempotency_key() -> None:
 
 async def test_webhook_digest() -> None:
     rec = Recorder()
-    channel = WebhookChannel(type="webhook", url=SECRET_URL)
+    channel = WebhookChannel(type="webhook", url=SECRET_URL, secret="s3cret")
     await build_notifier(channel, rec.client()).send_digest([ALERT, RESOLVED], "digest:ops:1")
     body = rec.json()
     assert body["kind"] == "digest" and [a["status"] for a in body["alerts"]] == ["open", "resolved"]
-    assert "X-Earful-Signature" not in rec.requests[0].headers
+    expected = "sha256=" + hmac.new(b"s3cret", rec.requests[0].content, hashlib.sha256).hexdigest()
+    assert rec.requests[0].headers["X-Earful-Signature"] == expected
 
 
 async def test_slack_blocks_escape_and_link() -> None:
@@ -142,14 +143,14 @@ async def test_transport_errors_are_retriable(exc: Exception) -> None:
 
     client = httpx.AsyncClient(transport=httpx.MockTransport(fail))
     with pytest.raises(RetriableDeliveryError):
-        await build_notifier(WebhookChannel(type="webhook", url=SECRET_URL), client).send(ALERT, "k")
+        await build_notifier(WebhookChannel(type="webhook", url=SECRET_URL, secret="hook-s3cret"), client).send(ALERT, "k")
 
 
 async def test_full_url_never_in_logs_or_errors(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.DEBUG, logger="httpx")  # the CLI quiets httpx; this test reads its lines
     rec = Recorder(200, 500)
-    notifier = build_notifier(WebhookChannel(type="webhook", url=SECRET_URL), rec.client())
+    notifier = build_notifier(WebhookChannel(type="webhook", url=SECRET_URL, secret="hook-s3cret"), rec.client())
     await notifier.send(ALERT, "k")  # httpx logs the request at INFO
     with pytest.raises(RetriableDeliveryError) as info:
         await notifier.send(ALERT, "k")
@@ -313,7 +314,8 @@ async def test_a_receiver_answering_a_byte_at_a_time_is_cut_off() -> None:
 
     server = await asyncio.start_server(drip, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    channel = WebhookChannel(type="webhook", url=f"http://127.0.0.1:{port}/hooks/XXXXsecretXXXX", timeout=0.2)
+    channel = WebhookChannel(type="webhook", url=f"http://127.0.0.1:{port}/hooks/XXXXsecretXXXX", secret="hook-s3cret",
+                             timeout=0.2)
     try:
         with pytest.raises(RetriableDeliveryError, match="no complete answer within 1s") as info:
             await build_notifier(channel).send(ALERT, "k")

@@ -73,7 +73,7 @@ def test_missing_env_var_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_non_http_urls_are_refused_without_showing_them(url: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     with pytest.raises(SubscriptionError) as info:
-        parse_subscriptions([{"name": "x", "channel": {"type": "webhook", "url": url}}])
+        parse_subscriptions([{"name": "x", "channel": {"type": "webhook", "url": url, "secret": "hook-s3cret"}}])
     assert "must be an http(s) URL" in str(info.value) and "channel.webhook.url" in str(info.value)
     assert "secret" not in str(info.value)
     assert "secret" not in caplog.text
@@ -191,3 +191,8 @@ def test_sources_without_per_source_alerts_are_refused_as_never_heard() -> None:
     [sub] = parse_subscriptions({"alerting": {"per_source": True}, "subscriptions": [entry]})
     assert sub.sources == ["reddit"]
     assert parse_subscriptions([entry])[0].name == "reddit-watch"  # a list alone: no config to check
+
+
+def test_a_webhook_without_a_signing_secret_is_refused() -> None:
+    with pytest.raises(SubscriptionError, match=r"(?s)ops-hook.*channel\.webhook\.secret: Field required"):
+        parse_subscriptions([{"name": "ops-hook", "channel": {"type": "webhook", "url": SECRET_URL}}])
