@@ -30,6 +30,9 @@ import numpy as np
 
 from streams.tagging.model import NO_LABEL, GatedClassifier, TopicModel, tfidf_member
 
+#: distinct words whose features are kept (a few MB); the cache starts over when full
+_CACHE_WORDS = 50_000
+
 
 @dataclass(frozen=True, slots=True)
 class Evidence:
@@ -42,8 +45,6 @@ class Explainer:
     """Built once per model; :meth:`evidence` is a pure function of its texts."""
 
     def __init__(self, model: TopicModel) -> None:
-        from sklearn.feature_extraction.text import CountVectorizer
-
         self.topics = model.meta.topics
         words = tfidf_member(model.pipeline)
         self._features = words.named_steps["features"]
@@ -53,10 +54,9 @@ class Explainer:
         self._word_vocab: dict[str, int] = word.vocabulary_
         tokenize, preprocess = word.build_tokenizer(), word.build_preprocessor()
         self._tokens = lambda w: tokenize(preprocess(w))
-        # Per-word occurrence counts of the same features, in the same column order.
-        self._unigrams = CountVectorizer(analyzer=self._tokens, vocabulary=word.vocabulary_, dtype=np.float64)
-        self._char_grams = CountVectorizer(analyzer=char.build_analyzer(), vocabulary=char.vocabulary_,
-                                           dtype=np.float64)
+        self._char_vocab: dict[str, int] = char.vocabulary_
+        self._char_analyzer = char.build_analyzer()
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
         self._classes = [str(c) for c in getattr(self._clf, "classes_", ())]
 
     def evidence(self, texts: Sequence[str], topics: Sequence[Sequence[str]],
@@ -110,25 +110,57 @@ class Explainer:
         """
         from scipy import sparse
 
-        unigrams = self._unigrams.transform(words).tocoo()
+        rows: list[np.ndarray] = []
+        cols: list[np.ndarray] = []
+        vals: list[np.ndarray] = []
         bigram_rows: list[int] = []
         bigram_cols: list[int] = []
         previous: tuple[str, int] | None = None
         for j, word in enumerate(words):
+            features, counts, tokens = self._word_features(word)
+            rows.append(np.full(len(features), j, dtype=np.int64))
+            cols.append(features)
+            vals.append(counts)
             if j in firsts:
                 previous = None
-            for tok in self._tokens(word):
+            for tok in tokens:
                 if previous is not None:
                     f = self._word_vocab.get(f"{previous[0]} {tok}")
                     if f is not None:
                         bigram_rows += [previous[1], j]
                         bigram_cols += [f, f]
                 previous = (tok, j)
-        rows = np.concatenate([unigrams.row, np.asarray(bigram_rows, dtype=np.int64)])
-        cols = np.concatenate([unigrams.col, np.asarray(bigram_cols, dtype=np.int64)])
-        vals = np.concatenate([unigrams.data, np.full(len(bigram_rows), 0.5)])
-        word_part = sparse.coo_matrix((vals, (rows, cols)), shape=(len(words), len(self._word_vocab)))
-        return sparse.hstack([word_part, self._char_grams.transform(words)], format="csr")
+        rows.append(np.asarray(bigram_rows, dtype=np.int64))
+        cols.append(np.asarray(bigram_cols, dtype=np.int64))
+        vals.append(np.full(len(bigram_rows), 0.5))
+        shape = (len(words), len(self._word_vocab) + len(self._char_vocab))
+        return sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=shape)
+
+    def _word_features(self, word: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """One word's unigram and character n-gram features (column, count), and its tokens.
+
+        Cached: a stream's words repeat (Zipf), and the n-grams are the costly part.
+        """
+        hit = self._cache.get(word)
+        if hit is not None:
+            return hit
+        tokens = self._tokens(word)
+        counts: dict[int, float] = {}
+        for tok in tokens:
+            f = self._word_vocab.get(tok)
+            if f is not None:
+                counts[f] = counts.get(f, 0.0) + 1.0
+        offset = len(self._word_vocab)
+        for gram in self._char_analyzer(word):
+            f = self._char_vocab.get(gram)
+            if f is not None:
+                counts[offset + f] = counts.get(offset + f, 0.0) + 1.0
+        entry = (np.fromiter(counts.keys(), dtype=np.int64, count=len(counts)),
+                 np.fromiter(counts.values(), dtype=np.float64, count=len(counts)), tokens)
+        if len(self._cache) >= _CACHE_WORDS:
+            self._cache.clear()
+        self._cache[word] = entry
+        return entry
 
     def _gradient(self, x: Any, idx: np.ndarray, topic: str) -> np.ndarray | None:
         """d log P(topic) / d feature, at the present features only."""
