@@ -19,7 +19,8 @@ pytestmark = pytest.mark.integration
 
 
 SUBS = {s.name: s for s in parse_subscriptions([
-    {"name": "ops-hook", "channel": {"type": "webhook", "url": "https://hooks.example/t/XXXXsecretXXXX"}},
+    {"name": "ops-hook", "channel": {"type": "webhook", "url": "https://hooks.example/t/XXXXsecretXXXX",
+                                     "secret": "hook-s3cret"}},
     {"name": "comms-slack", "channel": {"type": "slack", "url": "https://hooks.slack.example/services/T0"}},
 ])}
 
