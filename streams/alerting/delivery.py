@@ -61,12 +61,12 @@ from typing import Any, Literal, Protocol
 
 import httpx
 from elasticsearch import AsyncElasticsearch, NotFoundError
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.records import Alert, utcnow
 from streams.alerting.notifiers import Notifier, build_notifier, max_try_seconds
 from streams.alerting.notifiers.errors import PermanentDeliveryError, RetriableDeliveryError
-from streams.alerting.subscriptions import Subscription
+from streams.alerting.subscriptions import Duration, Subscription
 
 __all__ = [
     "DeliveryLog",
@@ -74,6 +74,7 @@ __all__ = [
     "Dispatcher",
     "ElasticsearchDeliveryLog",
     "InMemoryDeliveryLog",
+    "DeliverySettings",
     "RetryPolicy",
     "idempotency_key",
 ]
@@ -257,6 +258,25 @@ class RetryPolicy:
         """Whether a failing delivery has been tried for long enough. The clock starts at the
         first send attempt: waiting for quiet hours, a cooldown or a digest does not count."""
         return now - (record.first_attempt_at or record.created_at) >= self.give_up_after
+
+
+class DeliverySettings(BaseModel):
+    """The ``alerting.delivery`` section of the config file: how failed deliveries are retried."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    inline_attempts: int = Field(default=3, ge=1, description="tries at once, before retrying later")
+    retry_backoff: Duration = Field(default=timedelta(minutes=1), description="wait after the in-line tries, "
+                                    "doubled per attempt")
+    max_retry_backoff: Duration = Field(default=timedelta(hours=1))
+    give_up_after: Duration = Field(default=timedelta(hours=24), description="from the first attempt: then "
+                                    "the delivery is recorded as failed")
+    retry_every: Duration = Field(default=timedelta(seconds=30), gt=timedelta(0),
+                                  description="how often the worker sends what has come due")
+
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(inline_attempts=self.inline_attempts, retry_backoff=self.retry_backoff,
+                           max_retry_backoff=self.max_retry_backoff, give_up_after=self.give_up_after)
 
 
 @dataclass

@@ -173,7 +173,8 @@ class AlertingStream:
     def dispatcher(self) -> Dispatcher:
         if self._dispatcher is None:
             self._dispatcher = Dispatcher(self.subscriptions,
-                                          ElasticsearchDeliveryLog(self.es, self.settings.index_deliveries))
+                                          ElasticsearchDeliveryLog(self.es, self.settings.index_deliveries),
+                                          policy=self.cfg.delivery.policy())
         return self._dispatcher
 
     # -- the index agent's side ----------------------------------------------------------
@@ -238,7 +239,7 @@ class AlertingStream:
                 if not done:  # acknowledging it now would lose it: the next worker handles it
                     exit_holding([event], 0, f"the worker is stopping before {what} was stored and delivered")
 
-        @app.timer(30.0)
+        @app.timer(self.cfg.delivery.retry_every.total_seconds())
         async def retry_deliveries() -> None:
             # On the worker that sends the alert events (the alerts topic has one partition):
             # the dispatcher then keeps a retry and the same alert's next event from crossing.

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from schemas.records import Alert, AlertSample
+from streams.alerting.delivery import DeliverySettings
 from streams.alerting.detector import Detector, DetectorConfig
 from streams.alerting.lifecycle import AlertTracker, LifecycleConfig
 
@@ -42,12 +43,13 @@ class AlertingConfig:
     window_seconds: float
     per_source: bool = False
     version: str = ""
+    delivery: DeliverySettings = DeliverySettings()
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None, *, window_seconds: float,
                     kibana_url: str | None = None, taxonomy_version: str = "") -> AlertingConfig:
         section = dict(section or {})
-        unknown = set(section) - {"detector", "lifecycle", "per_source"}
+        unknown = set(section) - {"detector", "lifecycle", "per_source", "delivery"}
         if unknown:
             raise ValueError(f"alerting: unknown settings {', '.join(sorted(unknown))}")
         # The version names the rules an alert was raised under: the alerting section and the taxonomy.
@@ -64,6 +66,7 @@ class AlertingConfig:
             window_seconds=window_seconds,
             per_source=bool(section.get("per_source", False)),
             version=version,
+            delivery=DeliverySettings.model_validate(section.get("delivery") or {}),
         )
 
 

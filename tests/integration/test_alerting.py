@@ -8,6 +8,7 @@ one a 60-second window takes.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import hmac
@@ -80,13 +81,14 @@ class Hooks:
             return [(h["alert"]["id"], h["alert"]["sequence"], h["alert"]["status"]) for h in self.received]
 
 
-@pytest.fixture
-def receivers(stack: Stack, smtp: tuple[Inbox, int]) -> Iterator[tuple[Hooks, Inbox]]:
+@contextlib.contextmanager
+def _receivers(stack: Stack, smtp: tuple[Inbox, int],
+               delivery: dict[str, Any] | None = None) -> Iterator[tuple[Hooks, Inbox]]:
     hooks = Hooks()
     inbox, smtp_port = smtp
     server = ThreadingHTTPServer(("127.0.0.1", 0), hooks.handler())
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    config = {
+    config: dict[str, Any] = {
         "alerting": {
             # The baseline learns from the first windows of background chatter.
             "detector": {"warmup_minutes": 0.25, "window_minutes": 0, "min_count": 5},
@@ -101,11 +103,26 @@ def receivers(stack: Stack, smtp: tuple[Inbox, int]) -> Iterator[tuple[Hooks, In
                          "from": "earful@agency.example", "to": ["comms@agency.example"]}},
         ],
     }
+    if delivery is not None:
+        config["alerting"]["delivery"] = delivery
     Path(stack.env["EARFUL_CONFIG_FILE"]).write_text(yaml.safe_dump(config))
     try:
         yield hooks, inbox
     finally:
         server.shutdown()
+
+
+@pytest.fixture
+def receivers(stack: Stack, smtp: tuple[Inbox, int]) -> Iterator[tuple[Hooks, Inbox]]:
+    with _receivers(stack, smtp) as both:
+        yield both
+
+
+@pytest.fixture
+def quick_retries(stack: Stack, smtp: tuple[Inbox, int]) -> Iterator[tuple[Hooks, Inbox]]:
+    """The same receivers; a failed delivery is retried by the worker's timer within seconds."""
+    with _receivers(stack, smtp, {"inline_attempts": 1, "retry_backoff": "1s", "retry_every": "1s"}) as both:
+        yield both
 
 
 class Chatter:
@@ -266,6 +283,61 @@ def test_a_worker_restart_during_an_open_alert_neither_reopens_it_nor_loses_the_
     assert len(events) == len(set(events)), events
     (doc,) = _alert_docs(stack)
     assert doc["status"] == "resolved"
+
+
+class Spike:
+    """Outage posts, the same number every window, until stopped: an alert that stays open."""
+
+    def __init__(self, chatter: Chatter, per_window: int) -> None:
+        self.chatter, self.per_window = chatter, per_window
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        window = 0
+        while not self._stop.is_set():
+            self.chatter.spike(self.per_window, f"s{window}")
+            window += 1
+            self._stop.wait(WINDOW)
+
+    def __enter__(self) -> Spike:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def test_an_alert_the_receiver_missed_while_down_is_retried_by_the_worker_once_it_is_back(
+        stack: Stack, quick_retries: tuple[Hooks, Inbox]) -> None:
+    hooks, _ = quick_retries
+    hooks.down = True
+    worker = stack.start_worker(**WORKER_ENV)
+    with Chatter(stack) as chatter:
+        _warm_up(stack, chatter)
+        with Spike(chatter, 30):
+            # The receiver answers 503: the worker's one in-line try fails and it keeps the delivery.
+            failed = wait_for(_alive(stack, lambda: [
+                d for d in _deliveries(stack) if d["subscription"] == "ops-hook" and d["status"] == "pending"
+                and d["attempts"] >= 1 and "503" in (d.get("error") or "")] or None),
+                timeout=90, what="a failed delivery kept for a retry")
+            assert hooks.events() == []
+            hooks.down = False
+            wait_for(_alive(stack, lambda: hooks.events() or None), timeout=60,
+                     what="the alert, sent again by the worker's retry timer")
+        wait_for(lambda: any(s == "resolved" for _, _, s in hooks.events()), timeout=90, what="the all clear")
+        time.sleep(3 * WINDOW)
+    assert worker.poll() is None, stack.worker_logs()
+
+    events = hooks.events()
+    assert hooks.bad_signatures == 0
+    assert len({alert_id for alert_id, _, _ in events}) == 1, events
+    assert len(events) == len(set(events)), f"an event was delivered twice: {events}"
+    statuses = _statuses(events)
+    assert statuses[0] == "open" and statuses.count("open") == 1 and statuses[-1] == "resolved", statuses
+    retried = next(d for d in _deliveries(stack) if d["id"] == failed[0]["id"])
+    assert retried["status"] == "sent" and retried["attempts"] >= 2, retried
 
 
 def _counted_ids(stack: Stack, topic: str) -> set[str]:

@@ -164,3 +164,16 @@ def test_the_shipped_config_has_valid_alerting_and_subscriptions() -> None:
     assert cfg.detector.for_topic("scam_phishing").threshold < cfg.detector.threshold
     assert cfg.detector.overrides and cfg.lifecycle.calm_windows >= 1
     assert parse_subscriptions(config) == []
+
+
+def test_the_delivery_section_sets_the_retry_policy() -> None:
+    from datetime import timedelta
+
+    cfg = AlertingConfig.from_config({"delivery": {"retry_backoff": "2s", "give_up_after": "2h", "retry_every": "5s"}},
+                                     window_seconds=60)
+    policy = cfg.delivery.policy()
+    assert policy.retry_backoff == timedelta(seconds=2) and policy.give_up_after == timedelta(hours=2)
+    assert policy.inline_attempts == 3 and cfg.delivery.retry_every == timedelta(seconds=5)
+    with pytest.raises(ValueError, match="retry_backof"):
+        AlertingConfig.from_config({"delivery": {"retry_backof": "2s"}}, window_seconds=60)
+    assert AlertingConfig.from_config(None, window_seconds=60).delivery.retry_backoff == timedelta(minutes=1)
