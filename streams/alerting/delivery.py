@@ -31,9 +31,9 @@ alone to someone who was not told of the alert.
 
 Quiet hours apply to every send, not only the first: a retry of a failed delivery, or one
 held for a cooldown, that comes due at night waits for the morning like a new alert would.
-(That wait counts toward ``give_up_after``: the delivery had been tried already.) A digest goes
-out at the end of its period, and one whose period ends in quiet hours (or whose retry comes due
-in them) goes out when they end; critical alerts go through quiet hours either way.
+(That wait does not count toward ``give_up_after``: the record keeps the time it was held.)
+A digest goes out at the end of its period, and one whose period ends in quiet hours (or whose
+retry comes due in them) goes out when they end; critical alerts go through quiet hours.
 
 Within one worker, one subscription's deliveries of one alert (or its digest) go out one at a
 time: a retry of an older event still on its way and the alert's newer event never cross, so a
@@ -111,6 +111,8 @@ class DeliveryRecord(BaseModel):
     next_attempt_at: datetime | None = None
     first_attempt_at: datetime | None = None  # the give-up clock starts here, not at created_at
     digest_key: str | None = None  # the idempotency key of the digest this record first went out in
+    #: seconds held for quiet hours after the first try: they do not count toward give_up_after
+    held_seconds: float = 0.0
     alert: dict[str, Any]
 
     @classmethod
@@ -256,8 +258,10 @@ class RetryPolicy:
 
     def gives_up(self, record: DeliveryRecord, now: datetime) -> bool:
         """Whether a failing delivery has been tried for long enough. The clock starts at the
-        first send attempt: waiting for quiet hours, a cooldown or a digest does not count."""
-        return now - (record.first_attempt_at or record.created_at) >= self.give_up_after
+        first send attempt and stops while the delivery waits for quiet hours to end: waiting
+        for quiet hours, a cooldown or a digest does not count."""
+        tried_for = now - (record.first_attempt_at or record.created_at) - timedelta(seconds=record.held_seconds)
+        return tried_for >= self.give_up_after
 
 
 class DeliverySettings(BaseModel):
@@ -385,8 +389,13 @@ class Dispatcher:
                  if r.id != record.id and r.next_attempt_at is not None]
         return min(times, default=None)
 
-    async def _put_held(self, record: DeliveryRecord, reason: str, until: datetime) -> DeliveryRecord:
+    async def _put_held(self, record: DeliveryRecord, reason: str, until: datetime,
+                        now: datetime | None = None) -> DeliveryRecord:
         held = record.but(status="held", reason=reason, next_attempt_at=until)
+        if record.first_attempt_at is not None and reason in ("quiet_hours", "digest"):
+            # A retry waiting for the morning: the night does not count toward giving up.
+            night = max((until - (now or self.clock())).total_seconds(), 0.0)
+            held = held.but(held_seconds=record.held_seconds + night)
         await self.log.put(held)
         log.info("holding alert %s #%d for %s (%s) until %s",
                  record.alert_id, record.sequence, record.subscription, reason, until.isoformat())
@@ -487,7 +496,7 @@ class Dispatcher:
             for batch in batches.values():
                 if quiet_until is not None and not any(r.severity == "critical" for r in batch):
                     # A retry of a failed digest that comes due at night waits for the morning.
-                    results.extend([await self._put_held(r, "digest", quiet_until) for r in batch])
+                    results.extend([await self._put_held(r, "digest", quiet_until, now) for r in batch])
                     continue
                 results.extend(await self._deliver(sub, batch, min(self._tries(r) for r in batch)))
             return results
@@ -507,7 +516,7 @@ class Dispatcher:
         through = record.severity == "critical" or (record.alert_status == "resolved" and sent_seq is not None)
         quiet_until = None if through else sub.quiet_until(now)
         if quiet_until is not None:
-            results.append(await self._put_held(record, "quiet_hours", quiet_until))
+            results.append(await self._put_held(record, "quiet_hours", quiet_until, now))
             return results
         results.extend(await self._deliver(sub, [record], self._tries(record)))
         return results

@@ -644,3 +644,29 @@ async def test_a_failed_digest_whose_retry_comes_due_at_night_waits_for_the_morn
     clock.now = MORNING
     [sent] = await d.retry_due()
     assert sent.status == "sent" and [k for k, _ in n.sent] == [pending.digest_key]
+
+
+async def test_a_night_held_by_quiet_hours_does_not_count_toward_giving_up() -> None:
+    policy = RetryPolicy(inline_attempts=1, give_up_after=timedelta(hours=3))
+    n = FakeNotifier(*[RetriableDeliveryError("503")] * 100)
+    quiet = {"start": "22:00", "end": "07:00", "timezone": "Australia/Sydney"}
+    evening = NIGHT - timedelta(hours=1, minutes=2)  # 21:58 Sydney: the receiver is down
+    d, log, clock, _ = make([sub(quiet_hours=quiet)], {"ops": n}, now=evening, policy=policy)
+    [record] = await d.dispatch(alert(0))
+    while record.status == "pending":
+        clock.now = record.next_attempt_at  # type: ignore[assignment]
+        [record] = await d.retry_due()
+    assert record.status == "held" and record.next_attempt_at == MORNING
+    night = (MORNING - clock.now).total_seconds()
+    assert record.held_seconds == night > 8 * 3600
+    clock.now = MORNING
+    [record] = await d.retry_due()
+    # Nine hours after its first try, but only minutes of them spent trying: it is retried.
+    assert record.status == "pending", record.error
+    while record.status == "pending":
+        clock.now = record.next_attempt_at  # type: ignore[assignment]
+        [record] = await d.retry_due()
+    # It gives up three hours of trying after the first, the night aside.
+    assert record.status == "failed"
+    assert clock.now - evening >= timedelta(hours=3) + timedelta(seconds=night)
+    assert [stored.held_seconds for stored in log.records.values()] == [night]
