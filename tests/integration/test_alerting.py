@@ -29,6 +29,7 @@ from kafka import KafkaProducer
 
 from schemas import Mention
 from tests.integration.conftest import ROOT, Inbox, Stack, consume_all, wait_for
+from tests.integration.faulty_proxy import FaultyProxy
 
 WINDOW = 3.0
 WORKER_ENV = {"EARFUL_ALERT_WINDOW_SECONDS": str(WINDOW), "EARFUL_ALERT_GRACE_SECONDS": "5",
@@ -338,6 +339,35 @@ def test_an_alert_the_receiver_missed_while_down_is_retried_by_the_worker_once_i
     assert statuses[0] == "open" and statuses.count("open") == 1 and statuses[-1] == "resolved", statuses
     retried = next(d for d in _deliveries(stack) if d["id"] == failed[0]["id"])
     assert retried["status"] == "sent" and retried["attempts"] >= 2, retried
+
+
+def test_an_alert_the_search_server_refused_is_stored_and_delivered_once_it_takes_it(
+        stack: Stack, receivers: tuple[Hooks, Inbox]) -> None:
+    hooks, _ = receivers
+    with FaultyProxy(stack.settings.es_url, refuse_paths=stack.settings.index_alerts) as proxy:
+        proxy.set_refuse(503)  # the alerts index refuses reads and writes; the mentions go in
+        worker = stack.start_worker(EARFUL_ES_URL=proxy.url, **WORKER_ENV)
+        with Chatter(stack) as chatter:
+            _warm_up(stack, chatter)
+            with Spike(chatter, 30):
+                wait_for(_alive(stack, lambda: proxy.refused_so_far() >= 3), timeout=90,
+                         what="the alert's requests to its index, refused")
+                time.sleep(2)
+                assert hooks.events() == [] and _alert_docs(stack) == []
+                proxy.set_refuse(None)
+                wait_for(_alive(stack, lambda: hooks.events() or None), timeout=60,
+                         what="the alert, once the search server takes it")
+            wait_for(lambda: any(s == "resolved" for _, _, s in hooks.events()), timeout=90,
+                     what="the all clear")
+            time.sleep(3 * WINDOW)
+        assert worker.poll() is None, stack.worker_logs()
+
+    events = hooks.events()
+    statuses = _statuses(events)
+    assert statuses[0] == "open" and statuses.count("open") == 1 and statuses[-1] == "resolved", statuses
+    assert len(events) == len(set(events)), f"an event was delivered twice: {events}"
+    (doc,) = _alert_docs(stack)
+    assert doc["status"] == "resolved" and doc["sequence"] == len(events) - 1
 
 
 def _counted_ids(stack: Stack, topic: str) -> set[str]:
