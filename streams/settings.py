@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     taxonomy: Path = PROJECT_ROOT / "deploy" / "taxonomies" / "tax-agency.yaml"
     model: Path | None = None
     # Model tags name the word of the post that weighed most (span and text in ``why``).
-    # Off trades that for throughput: it costs about 40% of the TF-IDF tier's rate.
+    # Off trades that for throughput: it takes up to about half the TF-IDF tier's rate (make bench).
     model_evidence: bool = True
 
     # Sources, subscriptions: the YAML config file (see deploy/earful.yaml).

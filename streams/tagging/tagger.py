@@ -147,7 +147,7 @@ class Tagger:
         """Read and compile the taxonomy (and model). ``language``/``sentiment`` override ``enrich``.
 
         ``explain``: model tags name the word that weighed most (off for backtests, which
-        read only the tags; it costs about 40% of the TF-IDF tier's throughput).
+        read only the tags; it takes up to about half the TF-IDF tier's rate, see make bench).
         """
         tax = taxonomy_mod.load(Path(taxonomy_path))
         model = model_mod.load(Path(model_path)) if model_path is not None else None
