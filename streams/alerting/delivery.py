@@ -491,6 +491,11 @@ class Dispatcher:
             # did get the first try drops the retry by its key, and the newer events come anyway.)
             batches: dict[str | None, list[DeliveryRecord]] = defaultdict(list)
             for record in latest:
+                sent_seq = await self.log.latest_sent_sequence(sub.name, record.alert_id)
+                if record.digest_key is None and sent_seq is not None and sent_seq > record.sequence:
+                    # A newer event of its alert went out first (a critical one, through quiet hours).
+                    await self._supersede(record, sent_seq, now, results)
+                    continue
                 batches[record.digest_key].append(record)
             quiet_until = sub.quiet_until(now)
             for batch in batches.values():

@@ -670,3 +670,17 @@ async def test_a_night_held_by_quiet_hours_does_not_count_toward_giving_up() -> 
     assert record.status == "failed"
     assert clock.now - evening >= timedelta(hours=3) + timedelta(seconds=night)
     assert [stored.held_seconds for stored in log.records.values()] == [night]
+
+
+async def test_a_digest_never_sends_an_event_older_than_one_already_sent() -> None:
+    n = FakeNotifier()
+    quiet = {"start": "22:00", "end": "07:00", "timezone": "Australia/Sydney"}
+    d, log, clock, _ = make([sub(digest="1h", topics=["*"], quiet_hours=quiet)], {"ops": n}, now=NIGHT)
+    await d.dispatch(alert(0, severity="minor"))  # waits for the morning
+    await d.dispatch(alert(1, severity="critical", status="update"))  # goes at the period's end
+    clock.now = NIGHT + timedelta(hours=1)
+    assert [(r.id, r.status) for r in await d.retry_due()] == [("a1:1:ops", "sent")]
+    clock.now = MORNING
+    [stale] = await d.retry_due()
+    assert stale.id == "a1:0:ops" and stale.status == "superseded"
+    assert [[(a.id, a.sequence) for a in alerts] for _, alerts in n.sent] == [[("a1", 1)]]
