@@ -121,7 +121,7 @@ class WebhookChannel(_Model):
     type: Literal["webhook"]
     url: SecretStr
     # Required: the receiver checks X-Earful-Signature with it, so a forged alert is refused.
-    secret: SecretStr = Field(description="HMAC-SHA256 key for the signature header")
+    secret: SecretStr = Field(min_length=1, description="HMAC-SHA256 key for the signature header")
     timeout: float = Field(default=10.0, gt=0)
     _check_url = field_validator("url")(_http_url)
 
@@ -343,7 +343,7 @@ def parse_subscriptions(data: Any) -> list[Subscription]:
         if sub.name in seen:
             problems.append(f"subscription {sub.name!r}: the name is used twice")
         seen.add(sub.name)
-        if sub.sources and per_source is False:
+        if sub.sources and "*" not in sub.sources and per_source is False:
             problems.append(f"subscription {sub.name!r}: it names sources, but alerting.per_source is off, "
                             "so no alert carries a source: set per_source: true, or drop sources")
     if problems:

@@ -191,8 +191,18 @@ def test_sources_without_per_source_alerts_are_refused_as_never_heard() -> None:
     [sub] = parse_subscriptions({"alerting": {"per_source": True}, "subscriptions": [entry]})
     assert sub.sources == ["reddit"]
     assert parse_subscriptions([entry])[0].name == "reddit-watch"  # a list alone: no config to check
+    every = {**entry, "sources": ["*"]}  # every alert, the topic-wide ones included: fine either way
+    assert parse_subscriptions({"subscriptions": [every]})[0].matches(Alert.model_validate(dict(
+        id="a", topic="outage", status="open", severity="major", opened_at=datetime(2026, 1, 1, tzinfo=UTC),
+        updated_at=datetime(2026, 1, 1, tzinfo=UTC), window_start=datetime(2026, 1, 1, tzinfo=UTC),
+        observed=50, expected=10, score=0.99, sequence=0)))
 
 
-def test_a_webhook_without_a_signing_secret_is_refused() -> None:
+def test_a_webhook_without_a_signing_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SubscriptionError, match=r"(?s)ops-hook.*channel\.webhook\.secret: Field required"):
         parse_subscriptions([{"name": "ops-hook", "channel": {"type": "webhook", "url": SECRET_URL}}])
+    monkeypatch.setenv("HOOK_SECRET", "")  # an empty key signs nothing anyone could not forge
+    for empty in ("", "${HOOK_SECRET}"):
+        with pytest.raises(SubscriptionError, match=r"(?s)ops-hook.*channel\.webhook\.secret"):
+            parse_subscriptions([{"name": "ops-hook", "channel": {"type": "webhook", "url": SECRET_URL,
+                                                                 "secret": empty}}])
