@@ -17,8 +17,10 @@ How it fits together::
                  events → the alerts topic (acked), then the series state is saved in the
                  ``alert-series`` table (its changelog survives restarts)
     notify-subscribers: alerts topic → earful-alerts (id = alert id) → Dispatcher → receivers
-                 (an event is tried again until it is stored and delivered or recorded:
-                 acknowledging it on an error would lose it)
+                 (an event is tried again through any outage until it is stored and its
+                 deliveries recorded: acknowledging it on an error would lose it; one the
+                 search server refuses outright, or that keeps failing on a bug, is set aside
+                 in mentions.rejected with its reason, so the alerts after it still go out)
     retry timer (the alerts partition's owner): held and failed deliveries that have come due
 
 Windows close on the worker's clock, not on the next mention: a topic that goes quiet
@@ -41,9 +43,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
-from elasticsearch import AsyncElasticsearch, NotFoundError
+import httpx
+from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError, TransportError
 
-from schemas.records import Alert, AlertSample
+from schemas.records import Alert, AlertSample, Rejected
 from streams.agents import exit_holding
 from streams.alerting import terms
 from streams.alerting.counting import (
@@ -135,6 +138,8 @@ class AlertingStream:
                                       partitions=self.partitions)
         self.alerts_topic = app.topic(settings.topic_alerts, key_serializer="raw", value_serializer="raw",
                                       partitions=1)
+        self.rejected_topic = app.topic(settings.topic_rejected, key_serializer="raw", value_serializer="raw",
+                                        partitions=1)
         expires = timedelta(seconds=max(self.window * 180, 3 * 3600))
         window_field = CountRecord.window
         self.topic_counts = app.Table("topic-window-counts", default=int, partitions=self.partitions) \
@@ -225,19 +230,12 @@ class AlertingStream:
         async def notify(stream: faust.StreamT[bytes]) -> None:
             async for event in stream.events():
                 try:
-                    alert = Alert.model_validate_json(event.value)
-                except ValueError as exc:
-                    log.error("an alerts record at offset %d is not an alert, skipped: %s", event.message.offset, exc)
-                    continue
-                what = f"alert {alert.id} #{alert.sequence}"
-                try:
-                    done = await until_done(lambda alert=alert: self._store_and_deliver(alert), what,
-                                            stopping=lambda: bool(app.should_stop),
-                                            max_backoff=self.settings.es_retry_max_backoff)
+                    outcome = await self._handle_alert_event(event)
                 except asyncio.CancelledError:
-                    done = False
-                if not done:  # acknowledging it now would lose it: the next worker handles it
-                    exit_holding([event], 0, f"the worker is stopping before {what} was stored and delivered")
+                    outcome = STOPPING
+                if outcome is not None:  # acknowledging it now would lose it: the next worker handles it
+                    exit_holding([event], 0, f"the worker is stopping before the alert event at offset "
+                                             f"{event.message.offset} was stored and delivered")
 
         @app.timer(self.cfg.delivery.retry_every.total_seconds())
         async def retry_deliveries() -> None:
@@ -336,6 +334,37 @@ class AlertingStream:
         future = await self.alerts_topic.send(key=alert.id.encode(), value=alert.model_dump_json().encode())
         await future  # acked before the series state moves on
 
+    async def _handle_alert_event(self, event: Any) -> str | None:
+        """Store and deliver one alert event; None once done (or set aside), else ``STOPPING``."""
+        def stopping() -> bool:
+            return bool(self.app.should_stop)
+
+        backoff = self.settings.es_retry_max_backoff
+        try:
+            alert = Alert.model_validate_json(event.value)
+        except ValueError as exc:
+            what, outcome = f"alerts record at offset {event.message.offset}", f"not an alert: {exc}"[:500]
+        else:
+            what = f"alert {alert.id} #{alert.sequence}"
+            outcome = await until_done(lambda: self._store_and_deliver(alert), what, stopping=stopping,
+                                       max_backoff=backoff)
+        if outcome in (None, STOPPING):
+            return outcome
+        # Set aside with its reason, so that the alerts after it are not held behind it.
+        log.error("%s could not be stored or delivered: %s; set aside in %s", what, outcome,
+                  self.settings.topic_rejected)
+        reason = outcome
+        return await until_done(lambda: self._set_aside(event, reason), f"{what} (set aside)", stopping=stopping,
+                                max_backoff=backoff, bug_tries=None)
+
+    async def _set_aside(self, event: Any, reason: str) -> None:
+        message = event.message
+        record = Rejected(reason=f"alert event not stored or delivered: {reason}",
+                          payload=bytes(event.value).decode("utf-8", errors="replace"),
+                          topic=message.topic, partition=message.partition, offset=message.offset)
+        future = await self.rejected_topic.send(key=None, value=record.model_dump_json().encode())
+        await future
+
     async def _store_and_deliver(self, alert: Alert) -> None:
         await self._index_alert(alert)
         if self.subscriptions:
@@ -354,34 +383,65 @@ class AlertingStream:
         await self.es.index(index=self.settings.index_alerts, id=alert.id, document=doc, refresh="wait_for")
 
 
+#: how often an error that is neither an outage nor a refusal (a bug) is tried before the
+#: event is set aside, so that one bad event does not hold every later alert
+BUG_TRIES = 5
+
+
+def refused_for_good(exc: BaseException) -> bool:
+    """The search server refused the request itself (a 4xx other than auth, timeout or too
+    many requests, e.g. a document its strict mapping rejects): trying again cannot help."""
+    return isinstance(exc, ApiError) and 400 <= exc.status_code < 500 and exc.status_code not in (401, 403, 408, 429)
+
+
+def outage(exc: BaseException) -> bool:
+    """A server out of reach, busy, overloaded or not letting us in yet: it passes."""
+    if isinstance(exc, ApiError):
+        return not refused_for_good(exc)
+    return isinstance(exc, (TransportError, OSError, asyncio.TimeoutError, httpx.TransportError))
+
+
 async def until_done(work: Callable[[], Awaitable[None]], what: str, *, stopping: Callable[[], bool],
-                     max_backoff: float, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> bool:
-    """Run ``work`` until it succeeds, backing off between tries; False if stopping first.
+                     max_backoff: float, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                     bug_tries: int | None = BUG_TRIES) -> str | None:
+    """Run ``work`` until it succeeds, backing off between tries.
+
+    Returns None when done, ``STOPPING`` when the worker stops first, or the reason the event
+    cannot be handled: refused by the search server, or still failing after ``bug_tries``
+    tries with an error that is no outage. (``bug_tries=None``: try whatever the error.)
 
     An alert event is acknowledged once its handler returns, by an error too, and the
     consumer then commits past it: one the search server could not store, or whose
-    deliveries could not be recorded, would be lost. So it is tried again (the alert's
-    sequence and the deliveries' idempotency keys make a second try safe) for as long as
-    the worker runs, and the alerts partition waits behind it.
+    deliveries could not be recorded, would be lost. So it is tried again through any outage
+    (the alert's sequence and the deliveries' idempotency keys make a second try safe) for as
+    long as the worker runs, and the alerts partition waits behind it.
     """
     delay, tries = 1.0, 0
     while True:
         try:
             await work()
             if tries:
-                log.info("%s stored and delivered after %d failed tries", what, tries)
-            return True
+                log.info("%s done after %d failed tries", what, tries)
+            return None
         except Exception as exc:
             tries += 1
+            reason = f"{type(exc).__name__}: {exc}"[:500]
+            if bug_tries is not None and refused_for_good(exc):
+                return f"refused by the search server: {reason}"
+            if bug_tries is not None and not outage(exc) and tries >= bug_tries:
+                log.exception("%s failed %d times", what, tries)
+                return f"failed {tries} times: {reason}"
             if stopping():
-                log.warning("%s: %s", what, exc)
-                return False
-            log.warning("%s could not be stored or delivered (try %d): %s; trying again in %.0f s",
-                        what, tries, exc, delay)
+                log.warning("%s: %s", what, reason)
+                return STOPPING
+            log.warning("%s failed (try %d): %s; trying again in %.0f s", what, tries, reason, delay)
         await sleep(delay)
         if stopping():
-            return False
+            return STOPPING
         delay = min(delay * 2, max_backoff)
+
+
+STOPPING = "the worker is stopping"
 
 
 def register(app: faust.App, settings: Settings,

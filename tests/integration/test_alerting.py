@@ -370,6 +370,27 @@ def test_an_alert_the_search_server_refused_is_stored_and_delivered_once_it_take
     assert doc["status"] == "resolved" and doc["sequence"] == len(events) - 1
 
 
+def test_an_alert_the_search_server_refuses_outright_is_set_aside_with_its_reason(
+        stack: Stack, receivers: tuple[Hooks, Inbox]) -> None:
+    with FaultyProxy(stack.settings.es_url, refuse_paths=stack.settings.index_alerts) as proxy:
+        proxy.set_refuse(400)  # e.g. a mapping that refuses the document: trying again cannot help
+        worker = stack.start_worker(EARFUL_ES_URL=proxy.url, **WORKER_ENV)
+        with Chatter(stack) as chatter:
+            _warm_up(stack, chatter)
+            chatter.spike(40, "x")
+
+            def set_aside() -> list[dict[str, Any]]:
+                records = consume_all(stack.settings, stack.settings.topic_rejected, expect=1, timeout=2)
+                return [json.loads(r.value) for r in records]
+
+            rejected = wait_for(_alive(stack, set_aside), timeout=90, what="the alert event set aside")[0]
+        assert worker.poll() is None, stack.worker_logs()  # not stuck, not stopped
+    assert rejected["topic"] == stack.settings.topic_alerts and rejected["offset"] == 0
+    assert rejected["reason"].startswith("alert event not stored or delivered: refused by the search server")
+    alert = json.loads(rejected["payload"])
+    assert alert["topic"] == "outage" and alert["status"] == "open" and alert["sequence"] == 0
+
+
 def _counted_ids(stack: Stack, topic: str) -> set[str]:
     """The mention ids in the count deltas of ``topic`` on the counts topic so far."""
     records = consume_all(stack.settings, stack.settings.topic_counts, expect=10**9, timeout=2)
