@@ -30,8 +30,8 @@ import numpy as np
 
 from streams.tagging.model import NO_LABEL, GatedClassifier, TopicModel, tfidf_member
 
-#: distinct words whose features are kept (a few MB); the cache starts over when full
-_CACHE_WORDS = 50_000
+#: distinct words whose features are kept (under 1 kB each, so ~16 MB); it starts over when full
+_CACHE_WORDS = 20_000
 
 
 @dataclass(frozen=True, slots=True)

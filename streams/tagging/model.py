@@ -95,6 +95,8 @@ class TopicModel:
         that explains its model tags computes them once.
         """
         texts = list(texts)
+        if not texts:
+            return [], None
         words = tfidf_member(self.pipeline)
         features = words.named_steps["features"].transform(texts)
         probs = np.asarray(words.named_steps["clf"].predict_proba(features))

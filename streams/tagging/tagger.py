@@ -192,7 +192,7 @@ class Tagger:
                 probs = list(found)
             else:
                 probs = list(self.model.predict(model_texts))
-        evidence = self._evidence(texts, matches, model_texts, probs, features)
+        evidence = self._evidence(compiled, texts, matches, model_texts, probs, features)
         results = []
         for i, text in enumerate(texts):
             tags, why, scores = combine(compiled, matches[i], probs[i], evidence[i])
@@ -200,13 +200,14 @@ class Tagger:
             results.append(TagResult(tags, why, scores, detected[i], senti))
         return results
 
-    def _evidence(self, texts: Sequence[str], matches: list[RuleMatch], model_texts: list[str],
-                  probs: list[dict[str, float] | None], features: Any) -> list[Evidence]:
+    def _evidence(self, compiled: _Compiled, texts: Sequence[str], matches: list[RuleMatch],
+                  model_texts: list[str], probs: list[dict[str, float] | None], features: Any) -> list[Evidence]:
         """The evidence of every model tag of a batch, in one pass of the explainer."""
         out: list[Evidence] = [{} for _ in texts]
         if self._explainer is None:
             return out
-        wanted = [model_topics(self._compiled, m, p) for m, p in zip(matches, probs, strict=True)]
+        # The same compiled taxonomy as the caller's: a reload in between must not change the topics.
+        wanted = [model_topics(compiled, m, p) for m, p in zip(matches, probs, strict=True)]
         if not any(wanted):
             return out
         found = self._explainer.evidence(model_texts, wanted, features)

@@ -10,6 +10,7 @@ import pytest
 
 from streams.tagging import Tagger, explain
 from streams.tagging import model as model_mod
+from streams.tagging import tagger as tagger_mod
 from streams.tagging.normalize import normalize
 from tests.unit.tagging.test_model_cli import _toy_model
 
@@ -97,9 +98,34 @@ def test_a_batch_explains_each_post_as_if_it_were_alone(toy: tuple[Path, Path]) 
     """A post's last word and the next post's first make no bigram ("... the" + "portal ...")."""
     tagger = Tagger.load(*toy, enrich=False)
     posts = ["will my money come back to the", "portal will not load", "money from the", "portal", "load"]
-    alone = [tagger.tag(p).why for p in posts]
     assert tagger.tag_many(posts) == [tagger.tag(p) for p in posts]
-    assert any(w.span for why in alone for w in why)
+    ex = explain.Explainer(model_mod.load(toy[1]))
+    pair = ["money back from the", "portal will not load the portal"]
+    texts = [normalize(p).for_model() for p in pair]
+    topics = [["refund", "outage"], ["refund", "outage"]]
+    together = ex.evidence(texts, topics)
+    alone = [ex.evidence([t], [ts])[0] for t, ts in zip(texts, topics, strict=True)]
+    assert together == alone and together[1]
+
+
+def test_an_empty_batch_is_an_empty_result(toy: tuple[Path, Path]) -> None:
+    assert Tagger.load(*toy, enrich=False).tag_many([]) == []
+
+
+def test_a_taxonomy_reloaded_during_a_call_leaves_that_calls_evidence_alone(
+        toy: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    tagger = Tagger.load(*toy, enrich=False)
+    predict = model_mod.TopicModel.predict_with_features
+    without_model = tagger_mod._compile(tagger.taxonomy, None)  # a reload that leaves no model topic
+
+    def reload_meanwhile(self: model_mod.TopicModel, texts: Any) -> Any:
+        tagger._compiled = without_model
+        return predict(self, texts)
+
+    monkeypatch.setattr(model_mod.TopicModel, "predict_with_features", reload_meanwhile)
+    [result] = tagger.tag_many(["the portal will not load"])
+    [reason] = result.why
+    assert reason.tier == "model" and reason.matched in {"portal", "load"}
 
 
 def test_evidence_can_be_turned_off(toy: tuple[Path, Path]) -> None:
