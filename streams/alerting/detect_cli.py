@@ -24,6 +24,8 @@ from streams.alerting.detector import Detector, DetectorConfig
 
 DEFAULT_NAB_DIR = Path("../shared/data/nab-realtweets")
 DEFAULT_TUNE_ON = "AAPL,AMZN,CRM"
+#: top-level keys of the worker's config file (deploy/earful.yaml)
+WORKER_SECTIONS = {"alerting", "sources", "subscriptions", "ingest"}
 
 
 def load_config(path: Path | None, topic: str | None, overrides: dict[str, Any]) -> DetectorConfig:
@@ -37,8 +39,9 @@ def load_config(path: Path | None, topic: str | None, overrides: dict[str, Any])
             raise click.ClickException(f"cannot read {path}: {exc}") from exc
         if not isinstance(loaded, dict):
             raise click.ClickException(f"{path}: expected a mapping of detector settings")
-        if isinstance(loaded.get("alerting"), dict):
-            loaded = loaded["alerting"].get("detector") or {}
+        if WORKER_SECTIONS & set(loaded):  # the worker's config file, with or without its alerting section
+            alerting = loaded.get("alerting") or {}
+            loaded = (alerting.get("detector") if isinstance(alerting, dict) else None) or {}
         data = dict(loaded.get("detector", loaded))
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:

@@ -98,6 +98,10 @@ def test_the_workers_config_file_is_read_for_its_alerting_detector(tmp_path):
     out = detect(path, "--time-col", "time", "--value-col", "mentions", "--config", str(config))
     assert not any(r["alert"] == "1" for r in out)
     assert float(out[SPIKE]["expected"]) > 4 * 60
+    bare = tmp_path / "no-alerting.yaml"
+    bare.write_text(json.dumps({"sources": [], "subscriptions": []}))  # the detector's defaults
+    assert detect(path, "--time-col", "time", "--value-col", "mentions", "--config", str(bare)) == \
+        detect(path, "--time-col", "time", "--value-col", "mentions")
     shipped = Path(__file__).resolve().parents[3] / "deploy" / "earful.yaml"
     assert len(detect(path, "--time-col", "time", "--value-col", "mentions", "--config", str(shipped))) == len(rows)
 
