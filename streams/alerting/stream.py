@@ -19,8 +19,9 @@ How it fits together::
     notify-subscribers: alerts topic → earful-alerts (id = alert id) → Dispatcher → receivers
                  (an event is tried again through any outage until it is stored and its
                  deliveries recorded: acknowledging it on an error would lose it; one the
-                 search server refuses outright, or that keeps failing on a bug, is set aside
-                 in mentions.rejected with its reason, so the alerts after it still go out)
+                 search server refuses outright is still delivered, then set aside in
+                 mentions.rejected with its reason, as is one that keeps failing on a bug,
+                 so the alerts after it still go out)
     retry timer (the alerts partition's owner): held and failed deliveries that have come due
 
 Windows close on the worker's clock, not on the next mention: a topic that goes quiet
@@ -366,9 +367,17 @@ class AlertingStream:
         await future
 
     async def _store_and_deliver(self, alert: Alert) -> None:
-        await self._index_alert(alert)
+        refused: ApiError | None = None
+        try:
+            await self._index_alert(alert)
+        except ApiError as exc:
+            if not refused_for_good(exc):
+                raise
+            refused = exc  # the dashboards miss it, but the subscribers still hear of it
         if self.subscriptions:
             await self.dispatcher.dispatch(alert)
+        if refused is not None:
+            raise refused
 
     async def _index_alert(self, alert: Alert) -> None:
         """The alert document follows the lifecycle; a late redelivery never rolls it back."""

@@ -140,3 +140,26 @@ def test_an_alert_the_search_server_refuses_is_set_aside_and_the_next_goes_on(mo
     assert stored == [1]
     [(_, reason)] = aside
     assert reason.startswith("refused by the search server: BadRequestError")
+
+
+def test_subscribers_hear_of_an_alert_the_alerts_index_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream, aside = _stream_and_set_aside(monkeypatch)
+    dispatched: list[int] = []
+
+    class Dispatcher:
+        async def dispatch(self, alert: Any) -> None:
+            dispatched.append(alert.sequence)
+
+    async def refuse(alert: Any) -> None:
+        raise _api_error(400, BadRequestError)
+
+    monkeypatch.setattr(stream, "_index_alert", refuse)
+    stream.subscriptions = ["ops"]
+    stream._dispatcher = Dispatcher()
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    alert = Alert(id="a1", topic="outage", status="open", severity="major", opened_at=now, updated_at=now,
+                  window_start=now, observed=50, expected=10, score=0.99, sequence=0)
+    assert asyncio.run(stream._handle_alert_event(_event(alert.model_dump_json().encode()))) is None
+    assert dispatched == [0]
+    [(_, reason)] = aside
+    assert reason.startswith("refused by the search server")
