@@ -12,7 +12,7 @@ import click
 from tqdm import tqdm
 
 from connectors import registry
-from connectors.base import Connector, Page
+from connectors.base import Connector, FatalError, Page
 from connectors.config import ConfigError, IngestConfig, SourceConfig
 from connectors.config import load as load_config
 from connectors.cursors import FileCursorStore, MemoryCursorStore
@@ -234,7 +234,10 @@ def ingest_server(settings: Settings, host: str | None, port: int | None) -> Non
     from connectors.ingest import IngestServer
 
     _, config = _config(settings)
-    secret = config.secret()
+    try:
+        secret = config.secret()
+    except FatalError as exc:
+        raise click.ClickException(f"ingest: {exc}") from None
     if secret is None:
         where = " or ".join(str(x) for x in (config.secret_env, config.secret_file) if x)
         raise click.ClickException(f"the ingest server needs a shared secret: set {where or 'ingest.secret_env'}")

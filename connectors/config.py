@@ -19,11 +19,14 @@ Example::
 from __future__ import annotations
 
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from connectors.base import FatalError
 
 
 class ConfigError(ValueError):
@@ -31,19 +34,31 @@ class ConfigError(ValueError):
 
 
 def read_secret(env: str | None, file: Path | None) -> SecretStr | None:
-    """A secret from its env var, else from its file; None when neither holds one."""
+    """A secret from its env var, else from its file; None when neither holds one.
+
+    A secret with a control character inside (a file with a second line, say) is refused,
+    naming where it came from and never its value: a request header cannot carry it, and
+    the HTTP library's error would quote the whole header, secret included.
+    """
     if env:
         value = os.environ.get(env, "").strip()
         if value:
-            return SecretStr(value)
+            return SecretStr(_one_line(value, f"environment variable {env}"))
     if file is not None:
         try:
             value = file.read_text().strip()
         except OSError:
             return None
         if value:
-            return SecretStr(value)
+            return SecretStr(_one_line(value, f"secret file {file}"))
     return None
+
+
+def _one_line(value: str, where: str) -> str:
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise FatalError(f"the {where} holds a line break or another control character inside the secret "
+                         "(a second line?): keep only the secret on one line")
+    return value
 
 
 @dataclass(frozen=True)
@@ -80,13 +95,20 @@ class SourceConfig(BaseModel):
         return headers, env or (str(file) if file else None)
 
     def missing_credentials(self) -> list[str]:
-        """Where each required but absent credential should come from (env var or file)."""
+        """Where each required but absent credential should come from (env var or file), and
+        each credential that is there but unusable, with why."""
         missing: list[str] = []
         for spec in self.secrets:
-            if spec.required and self.secret(spec.field) is None:
-                env = getattr(self, f"{spec.field}_env", None)
-                file = getattr(self, f"{spec.field}_file", None)
-                missing.append(" or ".join(str(x) for x in (env, file) if x) or f"{spec.field}_env")
+            env = getattr(self, f"{spec.field}_env", None)
+            file = getattr(self, f"{spec.field}_file", None)
+            where = " or ".join(str(x) for x in (env, file) if x) or f"{spec.field}_env"
+            try:
+                value = self.secret(spec.field)
+            except FatalError as exc:
+                missing.append(f"{where} ({exc})")
+                continue
+            if spec.required and value is None:
+                missing.append(where)
         return missing
 
     @property

@@ -9,6 +9,7 @@ from cases import build
 from fake_platform import FakePlatform, Reply, fixture
 
 from connectors.base import FatalError, RetriableError
+from connectors.config import parse_sources
 
 YT_KEY = "AIzaSyD-youtube-key-secret-123"
 FB_TOKEN = "EAAGm0PX4ZCpsBAfacebook-page-token-secret"
@@ -205,3 +206,19 @@ async def test_a_secret_file_never_shows_in_errors_or_logs(tmp_path, monkeypatch
     assert sent.headers["Authorization"] == "Bearer EAAfile-held-page-token-987"
     assert isinstance(error, FatalError) and str(secret_file) in str(error)
     assert "EAAfile-held-page-token-987" not in str(error) + repr(error) + caplog.text
+
+
+def test_a_secret_file_with_a_second_line_is_refused_without_showing_it(  # type: ignore[no-untyped-def]
+        tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.delenv("EARFUL_FACEBOOK_PAGE_TOKEN")
+    secret_file = tmp_path / "facebook-token"
+    secret_file.write_text("EAAfile-held-page-token-987\nexpires 2026-12-01\n")
+    entry = {**facebook("http://127.0.0.1:9"), "token_env": None, "token_file": str(secret_file)}
+    [config] = parse_sources([entry])
+    [problem] = config.missing_credentials()  # so `earful connect` skips the source, saying why
+    assert str(secret_file) in problem and "second line" in problem
+    with pytest.raises(FatalError) as caught:
+        build(entry)
+    assert str(secret_file) in str(caught.value)
+    assert "EAAfile-held-page-token-987" not in problem + str(caught.value) + repr(caught.value) + caplog.text
