@@ -74,7 +74,7 @@ def _fits_kafka(mentions: list[Mention]) -> None:
     runner would send it without its ``raw`` payload or reject it, and a 202 promises every
     mention as pushed."""
     too_large = [{"id": m.id, "native_id": m.native_id, "bytes": size} for m in mentions
-                 if (size := len(m.model_dump_json())) > MAX_RECORD_BYTES]
+                 if (size := len(m.model_dump_json().encode())) > MAX_RECORD_BYTES]  # bytes, as Kafka counts
     if too_large:
         raise BadRequest(413, f"{len(too_large)} mention(s) over the {MAX_RECORD_BYTES}-byte limit of one "
                               "Kafka record; nothing of this request was kept", too_large)

@@ -186,6 +186,18 @@ async def test_a_mention_too_large_for_a_kafka_record_is_413_and_nothing_is_sent
     assert sink.acked == [] and sink.pending == []
 
 
+async def test_the_kafka_record_limit_counts_bytes_not_characters(sink: FakeSink) -> None:
+    """310,000 Chinese characters are 930 kB of UTF-8: more than one record takes."""
+    config = IngestConfig(max_body_bytes=3_000_000, max_mentions=10, secret_env=None)
+    body = orjson.dumps([mention(1), mention(2, raw={"html": "税" * 310_000})])
+    async with TestClient(TestServer(IngestServer(config, SECRET, sink).app())) as big_client:
+        response = await big_client.post("/mentions", data=body, headers=bearer())
+        answer = await response.json()
+    assert response.status == 413, answer
+    assert [d["native_id"] for d in answer["details"]] == ["bw-2"] and answer["details"][0]["bytes"] > 900_000
+    assert sink.acked == [] and sink.pending == []
+
+
 async def test_too_many_mentions_in_one_request_is_413(client: TestClient, sink: FakeSink) -> None:
     response = await client.post("/mentions", data=orjson.dumps([mention(n) for n in range(11)]), headers=bearer())
     assert response.status == 413
