@@ -9,6 +9,7 @@ when the 15-minute window is used up.
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -22,7 +23,7 @@ from connectors.text import parse_timestamp
 from schemas import Engagement, Mention
 
 SOURCE = "x"
-TWEET_FIELDS = "created_at,lang,author_id,public_metrics,referenced_tweets,conversation_id"
+TWEET_FIELDS = "created_at,lang,author_id,public_metrics,referenced_tweets,conversation_id,note_tweet"
 
 
 class XConfig(SourceConfig):
@@ -69,7 +70,10 @@ class XConnector(BearerConnector):
         tweet = native.item
         if not isinstance(tweet, dict) or not tweet.get("id"):
             raise SkippableItem("post has no id")
-        text = str(tweet.get("text") or "").strip()
+        # A long post's ``text`` is cut short; its whole text is in ``note_tweet``. X escapes
+        # &, < and > in post text as HTML entities.
+        note = tweet.get("note_tweet") if isinstance(tweet.get("note_tweet"), dict) else {}
+        text = html.unescape(str(note.get("text") or tweet.get("text") or "")).strip()
         if not text:
             raise SkippableItem("post has no text")
         username = native.context.get("users", {}).get(tweet.get("author_id"))

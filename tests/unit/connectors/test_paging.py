@@ -87,3 +87,15 @@ async def test_facebook_busy_post_goes_on_where_the_page_cap_stopped(monkeypatch
     assert [s.rsplit("_", 1)[-1] for s in seen] == ["15", "14", "13", "12", "11"]  # 11 came after the cap
     assert afters[:2] == ["A1", "A2"]
     assert later == []  # the sweep ended at comment 15: nothing is read twice
+
+
+def test_an_x_post_is_stored_as_written_whole_and_unescaped(monkeypatch: pytest.MonkeyPatch) -> None:
+    from connectors.http import Native
+
+    monkeypatch.setenv("EARFUL_X_BEARER_TOKEN", "AAAAbearer-secret")
+    connector = build({"name": "x-test", "type": "x", "base_url": "http://127.0.0.1:9", "queries": ["ATO"]})
+    short = {"id": "1", "text": "ATO &amp; myGov both down &gt;:( &lt;3 nobody", "created_at": "2024-11-20T03:15:02.000Z"}
+    assert connector.to_mention(Native(short, "ATO")).text == "ATO & myGov both down >:( <3 nobody"
+    whole = "Tried to lodge my BAS four times tonight & the portal keeps timing out. " * 5
+    long = {"id": "2", "text": whole[:270] + "…", "note_tweet": {"text": whole}, "created_at": "2024-11-20T03:15:02.000Z"}
+    assert connector.to_mention(Native(long, "ATO")).text == whole.strip()
