@@ -56,7 +56,9 @@ class Engagement(_Record):
 
 
 class Mention(_Record):
-    id: str = Field(min_length=1, max_length=64, description="mention_id(source, native_id)")
+    id: str = Field(min_length=1, max_length=64,
+                    description="mention_id(source, native_id): the first 24 hex digits of "
+                                "SHA-1(source + U+001F + native_id), UTF-8; the worker refuses any other")
     source: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_.-]+$")
     native_id: str = Field(min_length=1, max_length=512)
     text: str = Field(min_length=1, max_length=100_000)

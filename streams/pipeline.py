@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import orjson
 from pydantic import ValidationError
 
-from schemas import Mention, Rejected, TagReason, utcnow
+from schemas import Mention, Rejected, TagReason, mention_id, utcnow
 
 
 class TagOutcome(Protocol):
@@ -98,9 +98,17 @@ def validate(record: RawRecord, items: Iterable[Any], batch: Batch) -> list[Ment
             batch.rejected.append(_reject(record, f"expected a JSON object, got {type(item).__name__}", item))
             continue
         try:
-            mentions.append(Mention.model_validate(item))
+            mention = Mention.model_validate(item)
         except ValidationError as exc:
             batch.rejected.append(_reject(record, explain(exc), item))
+            continue
+        expected = mention_id(mention.source, mention.native_id)
+        if mention.id != expected:
+            # Ids dedupe: a post sent twice under two ids would be stored twice.
+            batch.rejected.append(_reject(record, f"id: {mention.id!r} is not mention_id(source, native_id) "
+                                                  f"= {expected!r}", item))
+            continue
+        mentions.append(mention)
     return mentions
 
 
