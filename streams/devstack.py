@@ -63,7 +63,10 @@ def search_server(settings: Settings) -> Server:
 
 
 def embedded_servers(settings: Settings) -> list[Server]:
-    """The servers this machine should run: those whose endpoint is local."""
+    """The servers this machine should run: those whose endpoint is local (none with
+    ``EARFUL_EMBEDDED=0``, when real servers listen there)."""
+    if not settings.embedded:
+        return []
     return [s for s in (broker_server(settings), search_server(settings)) if _is_local(s.host)]
 
 
@@ -137,7 +140,7 @@ def start(settings: Settings, *, detach: bool = True, timeout: float = 30.0) -> 
                     f"port {server.port} on {server.host} is already taken by another program, "
                     f"so the embedded {server.name} cannot start there. Stop that program, or point "
                     f"{'EARFUL_KAFKA_BOOTSTRAP' if server.name == 'broker' else 'EARFUL_ES_URL'} "
-                    f"at another port (or at that server, if it is a real cluster)."
+                    f"at another port; if it is a real cluster, set EARFUL_EMBEDDED=0 to use it."
                 )
             proc = _spawn(server, data_dir, detach=detach)
             started.append(proc)
