@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import click
 
@@ -73,18 +74,52 @@ def run(settings: Settings) -> None:
         signal.signal(sig, lambda *_: stop.set())
     try:
         with devstack.running(settings):
-            children = [_spawn(["worker"], env), _spawn(["connect"], env)]
             click.echo(f"earful is running: Kafka {settings.kafka_bootstrap}, Elasticsearch "
                        f"{settings.es_url} (index {settings.index_mentions}). "
                        "'earful status' in another shell shows progress; Ctrl-C stops everything.")
-            while not stop.is_set():
-                if all(child.poll() is not None for child in children):
-                    break
-                stop.wait(1.0)
-            _stop_children(children)
+            failed = supervise({name: (lambda name=name: _spawn([name], env)) for name in ("worker", "connect")},
+                               stop, echo=lambda line: click.echo(line, err=True))
     except devstack.StackError as exc:
         raise click.ClickException(str(exc)) from exc
+    if failed:
+        raise click.ClickException(f"stopped: the {failed} kept exiting (its log above says why)")
     click.echo("stopped")
+
+
+#: a process that exits this often within ``RESTART_WINDOW`` seconds is not started again
+MAX_RESTARTS = 3
+RESTART_WINDOW = 60.0
+
+
+def supervise(start: dict[str, Callable[[], subprocess.Popen[bytes]]], stop: threading.Event, *,
+              echo: Callable[[str], None], every: float = 1.0,
+              clock: Callable[[], float] = time.monotonic) -> str | None:
+    """Run each process until ``stop``; one that exits is said and started again (a worker
+    that ended on a batch it could not store leaves it for the next one). One that exits
+    ``MAX_RESTARTS`` times within a minute stops everything: returns its name."""
+    children = {name: begin() for name, begin in start.items()}
+    exits: dict[str, list[float]] = {name: [] for name in start}
+    failed: str | None = None
+    try:
+        while not stop.is_set() and failed is None:
+            for name, child in children.items():
+                code = child.poll()
+                if code is None:
+                    continue
+                now = clock()
+                exits[name] = [t for t in exits[name] if now - t < RESTART_WINDOW] + [now]
+                if len(exits[name]) >= MAX_RESTARTS:
+                    echo(f"the {name} exited (code {code}) {MAX_RESTARTS} times within a minute: "
+                         "stopping everything")
+                    failed = name
+                    break
+                echo(f"the {name} exited (code {code}): starting it again")
+                children[name] = start[name]()
+            if failed is None:
+                stop.wait(every)
+    finally:
+        _stop_children(list(children.values()))
+    return failed
 
 
 def _stop_children(children: list[subprocess.Popen[bytes]], timeout: float = 30.0) -> None:
