@@ -65,6 +65,8 @@ class Page:
     ``has_more`` asks the runner to poll again at once; ``done`` ends a finite source.
     ``rate_limited`` is a rate limit met half-way: the runner delivers the page,
     then waits as that error says before polling again.
+    ``skipped`` names the parts of the source (a feed, a subreddit, a video) that failed this
+    poll while the others were read, with why: the source is degraded, not down.
     """
 
     mentions: list[Mention]
@@ -73,6 +75,7 @@ class Page:
     has_more: bool = False
     done: bool = False
     rate_limited: RateLimited | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 class Connector(abc.ABC):

@@ -326,9 +326,9 @@ class HttpConnector(Connector):
                     failed[key] = exc  # that server's pause; keys on other servers go on
                     continue
                 self._resume_at = key
-                self._report(failed)
                 if mentions or rejected or states != before:
-                    return Page(list(mentions.values()), states, rejected=rejected, rate_limited=exc)
+                    return Page(list(mentions.values()), states, rejected=rejected, rate_limited=exc,
+                                skipped=self._skipped(failed))
                 raise
             except (FatalError, RetriableError) as exc:
                 failed[key] = exc
@@ -342,8 +342,8 @@ class HttpConnector(Connector):
         self._resume_at = None
         if keys and len(failed) == len(keys):
             raise _soonest_retriable(list(failed.values()))
-        self._report(failed)
-        return Page(list(mentions.values()), states, rejected=rejected, has_more=has_more)
+        return Page(list(mentions.values()), states, rejected=rejected, has_more=has_more,
+                    skipped=self._skipped(failed))
 
     def _in_turn(self, keys: list[str]) -> list[str]:
         """The keys, starting at the one a rate limit stopped the last poll at (so the last keys get a turn)."""
@@ -352,10 +352,9 @@ class HttpConnector(Connector):
             return keys[start:] + keys[:start]
         return keys
 
-    def _report(self, failed: Mapping[str, ConnectorError]) -> None:
-        for key, exc in failed.items():
-            log.warning("%s: skipped %s this poll, the other keys went on: %s", self.name,
-                        self.describe_key(key), str(exc).removeprefix(f"{self.name}: "))
+    def _skipped(self, failed: Mapping[str, ConnectorError]) -> dict[str, str]:
+        """The keys that failed this poll, as the page reports them (the runner logs them)."""
+        return {self.describe_key(key): str(exc).removeprefix(f"{self.name}: ") for key, exc in failed.items()}
 
     def describe(self, item: Any) -> str:
         return super().describe(item.item if isinstance(item, Native) else item)

@@ -169,7 +169,8 @@ class ConnectorStatus:
 
     ``state`` ok with a recent ``last_success`` and 0 items/min means the source
     works and nobody is talking; ``backoff``/``failing`` with ``last_error``
-    means the source is down or refusing us.
+    means the source is down or refusing us; ``degraded`` means it is read, but
+    ``last_error`` names parts of it (a feed, a subreddit) that failed.
     """
 
     connector: str
@@ -347,7 +348,10 @@ class Runner:
                                    "memory, a restart would read from the last saved cursor again", name, exc)
             cursor = page.next_cursor
             backoff.reset()
+            was = (status.state, status.last_error)
             status.record_success(len(page.mentions))
+            if page.skipped:
+                self._partly(name, status, page.skipped, was)
             if self.on_page is not None:
                 self.on_page(name, page)
             if page.done or (once and not page.has_more):
@@ -364,6 +368,16 @@ class Runner:
         self._down(status, "backoff", str(exc), f"{name}:retriable",
                    "%s; delivered what was read, asking again in %.0fs", _named(name, exc), delay)
         return delay
+
+    def _partly(self, name: str, status: ConnectorStatus, skipped: dict[str, str],
+                was: tuple[str, str | None]) -> None:
+        """Some parts of a source failed while the others were read: degraded, and said so
+        (once a minute for the same parts)."""
+        what = "; ".join(f"skipped {part}: {why}" for part, why in skipped.items())[:1000]
+        status.record_error("degraded", what)
+        if was != ("degraded", what):  # shown in a heartbeat at once, not a beat later
+            self.producer.send_status(status.as_record())
+        self._errors.error(f"{name}:skipped:{','.join(sorted(skipped))}", "%s: read, but %s", name, what)
 
     def _down(self, status: ConnectorStatus, state: str, error: str, key: str, message: str, *args: Any) -> None:
         """Record why a source is not reading, show it in a heartbeat at once (not a beat later),

@@ -330,3 +330,23 @@ def test_a_mention_too_large_for_a_record_loses_its_raw_payload_or_is_rejected(
     [rejected] = [orjson.loads(value) for topic, value in kafka.sent if topic == "rejected"]
     assert rejected["topic"] == "connector:news" and "more than a Kafka record takes" in rejected["reason"]
     assert big_url.id in rejected["reason"] and len(rejected["payload"]) <= 2000
+
+
+async def test_a_source_with_a_part_down_is_degraded_and_says_which_once_a_minute(
+        clock: list[float], caplog: pytest.LogCaptureFixture) -> None:
+    producer = FakeProducer()
+    holder: list[Runner] = []
+    skipped = {"feed https://news.example/rss": "HTTP 503 from news.example"}
+    connector = Scripted([Page([mention(1)], {"at": 1}, skipped=skipped, has_more=True),
+                          Page([mention(2)], {"at": 2}, skipped=skipped, has_more=True),
+                          Page([mention(3)], {"at": 3})], holder)
+    runner = Runner(producer, MemoryCursorStore(), heartbeat_every=30)  # type: ignore[arg-type]
+    holder.append(runner)
+    await runner.run([connector])
+    assert [m.native_id for m in producer.sent] == ["1", "2", "3"]  # the parts that answered are read
+    degraded = [s for s in producer.statuses if s["state"] == "degraded"]
+    assert len(degraded) == 1  # said at once, and not again while nothing changes
+    assert degraded[0]["last_error"] == "skipped feed https://news.example/rss: HTTP 503 from news.example"
+    assert producer.statuses[-1]["state"] == "ok"  # every part answered again
+    said = [r.getMessage() for r in caplog.records if "read, but skipped" in r.getMessage()]
+    assert said == ["scripted: read, but skipped feed https://news.example/rss: HTTP 503 from news.example"]
