@@ -84,8 +84,10 @@ class Mention(_Record):
 
     @classmethod
     def build(cls, *, source: str, native_id: str, **fields: Any) -> Mention:
-        """A Mention with its id derived from (source, native_id)."""
-        return cls(id=mention_id(source, str(native_id)), source=source, native_id=str(native_id), **fields)
+        """A Mention with its id derived from (source, native_id), as the record keeps them
+        (surrounding whitespace stripped)."""
+        source, native_id = source.strip(), str(native_id).strip()
+        return cls(id=mention_id(source, native_id), source=source, native_id=native_id, **fields)
 
 
 class MentionPage(_Record):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from schemas import Mention
+from schemas import Mention, mention_id
 from streams.pipeline import RawRecord, prepare
 
 
@@ -28,3 +28,11 @@ def test_copies_of_one_mention_in_a_batch_are_one_mention() -> None:
                          created_at="2026-11-23T09:00:00Z")  # type: ignore[arg-type]
     batch, mentions = prepare([_record(good.model_dump(mode="json"))] * 3)
     assert [m.id for m in mentions] == [good.id] and batch.duplicates_in_batch == 2 and not batch.rejected
+
+
+def test_an_id_is_made_from_the_fields_as_stored_so_padding_never_gets_a_mention_rejected() -> None:
+    padded = Mention.build(source="mastodon ", native_id=" p-1 ", text="ATO portal down",
+                           created_at="2026-11-23T09:00:00Z")  # type: ignore[arg-type]
+    assert padded.native_id == "p-1" and padded.id == mention_id("mastodon", "p-1")
+    batch, mentions = prepare([_record(padded.model_dump(mode="json"))])
+    assert [m.id for m in mentions] == [padded.id] and not batch.rejected
