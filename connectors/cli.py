@@ -109,7 +109,10 @@ def _config(settings: Settings) -> tuple[list[SourceConfig], IngestConfig]:
 def _why_not(source: SourceConfig) -> str | None:
     if not source.enabled:
         return "disabled"
-    missing = source.missing_credentials()
+    try:
+        missing = source.missing_credentials()
+    except FatalError as exc:  # a credential that is there but unusable
+        return str(exc)
     return f"missing credentials: set {', '.join(missing)}" if missing else None
 
 
@@ -136,7 +139,10 @@ def connect(settings: Settings, names: tuple[str, ...], once: bool) -> None:
         if once and source.type == "replay":
             # A file is all there already: "caught up" is its end, reached without waiting for its pace.
             source = source.model_copy(update={"loop": False, "as_fast_as_possible": True})
-        connectors.append(registry.build(source, settings))
+        try:
+            connectors.append(registry.build(source, settings))
+        except FatalError as exc:  # e.g. a credential a request header cannot carry: this source only
+            click.echo(f"skipping {source.name} ({source.type}): {exc}", err=True)
     if not connectors:
         raise click.ClickException("no source can run; see 'earful connectors'")
     try:

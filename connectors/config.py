@@ -55,7 +55,8 @@ def read_secret(env: str | None, file: Path | None) -> SecretStr | None:
 
 
 def _one_line(value: str, where: str) -> str:
-    if any(unicodedata.category(c) == "Cc" for c in value):
+    value = value.removeprefix("\ufeff").strip()  # a byte-order mark some editors write first
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value):
         raise FatalError(f"the {where} holds a line break or another control character inside the secret "
                          "(a second line?): keep only the secret on one line")
     return value
@@ -90,9 +91,13 @@ class SourceConfig(BaseModel):
     def bearer(self, field: str = "token") -> tuple[dict[str, str], str | None]:
         """Authorization headers for a bearer token (none when unset), and where it comes from."""
         token = self.secret(field)
-        headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
         env, file = getattr(self, f"{field}_env", None), getattr(self, f"{field}_file", None)
-        return headers, env or (str(file) if file else None)
+        where = env or (str(file) if file else None)
+        if token is not None and not (token.get_secret_value().isascii() and token.get_secret_value().isprintable()):
+            raise FatalError(f"the token in {where} holds characters a request header cannot carry "
+                             "(not plain ASCII): check it was copied whole and alone")
+        headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+        return headers, where
 
     def missing_credentials(self) -> list[str]:
         """Where each required but absent credential should come from (env var or file), and
