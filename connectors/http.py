@@ -329,6 +329,8 @@ class HttpConnector(Connector):
                 if mentions or rejected or states != before:
                     return Page(list(mentions.values()), states, rejected=rejected, rate_limited=exc,
                                 skipped=self._skipped(failed))
+                for part, why in self._skipped(failed).items():  # no page to carry them: said here
+                    log.warning("%s: skipped %s this poll: %s", self.name, part, why)
                 raise
             except (FatalError, RetriableError) as exc:
                 failed[key] = exc

@@ -131,3 +131,16 @@ async def test_a_window_used_up_with_a_past_reset_still_holds_the_next_request()
         await connector.poll(None)
     await connector.aclose()
     assert asked == ["a"] and caught.value.retry_after is not None and caught.value.retry_after > 0.5
+
+
+async def test_a_key_that_failed_before_a_rate_limit_stopped_the_poll_is_still_said(
+        caplog: pytest.LogCaptureFixture) -> None:
+    asked: list[str] = []
+    connector = Questions(["a", "b"], platform({
+        "a": httpx.Response(404, json={"message": "no such hashtag"}),
+        "b": httpx.Response(429, headers={"Retry-After": "30"}, json={"message": "slow down"})}, asked))
+    with caplog.at_level(logging.WARNING), pytest.raises(RateLimited):
+        await connector.poll(None)
+    await connector.aclose()
+    assert asked == ["a", "b"]
+    assert "skipped a this poll" in caplog.text and "no such hashtag" in caplog.text
