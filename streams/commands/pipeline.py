@@ -94,17 +94,23 @@ RESTART_WINDOW = 60.0
 def supervise(start: dict[str, Callable[[], subprocess.Popen[bytes]]], stop: threading.Event, *,
               echo: Callable[[str], None], every: float = 1.0,
               clock: Callable[[], float] = time.monotonic) -> str | None:
-    """Run each process until ``stop``; one that exits is said and started again (a worker
-    that ended on a batch it could not store leaves it for the next one). One that exits
-    ``MAX_RESTARTS`` times within a minute stops everything: returns its name."""
+    """Run each process until ``stop`` or until every one has finished (exit code 0: e.g. the
+    connectors of finite sources only). One that fails (any other code) is said and started
+    again (a worker that ended on a batch it could not store leaves it for the next one); one
+    that fails ``MAX_RESTARTS`` times within a minute stops everything: returns its name."""
     children = {name: begin() for name, begin in start.items()}
     exits: dict[str, list[float]] = {name: [] for name in start}
+    finished: set[str] = set()
     failed: str | None = None
     try:
-        while not stop.is_set() and failed is None:
+        while not stop.is_set() and failed is None and len(finished) < len(children):
             for name, child in children.items():
                 code = child.poll()
-                if code is None:
+                if code is None or name in finished:
+                    continue
+                if code == 0:
+                    echo(f"the {name} finished")
+                    finished.add(name)
                     continue
                 now = clock()
                 exits[name] = [t for t in exits[name] if now - t < RESTART_WINDOW] + [now]
@@ -115,7 +121,7 @@ def supervise(start: dict[str, Callable[[], subprocess.Popen[bytes]]], stop: thr
                     break
                 echo(f"the {name} exited (code {code}): starting it again")
                 children[name] = start[name]()
-            if failed is None:
+            if failed is None and len(finished) < len(children):
                 stop.wait(every)
     finally:
         _stop_children(list(children.values()))

@@ -75,3 +75,16 @@ def test_a_process_that_keeps_exiting_stops_everything_and_is_named() -> None:
     assert failed == "connect"
     assert said[-1] == f"the connect exited (code 1) {MAX_RESTARTS} times within a minute: stopping everything"
     assert started["worker"][0].signals  # the worker was stopped too
+
+
+def test_a_process_that_finishes_is_not_started_again_and_the_others_run_on() -> None:
+    failed, said, started = _run({"worker": [Child(lives=None)], "connect": [Child(lives=1, code=0)]},
+                                 stop_after=20)
+    assert failed is None and said == ["the connect finished"]
+    assert len(started["connect"]) == 1 and started["worker"][0].signals  # ran until stopped
+
+
+def test_the_run_ends_when_every_process_has_finished() -> None:
+    failed, said, _ = _run({"worker": [Child(lives=2, code=0)], "connect": [Child(lives=0, code=0)]},
+                           stop_after=10_000)
+    assert failed is None and sorted(said) == ["the connect finished", "the worker finished"]
