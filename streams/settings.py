@@ -29,8 +29,8 @@ class Settings(BaseSettings):
     es_username: str | None = None
     es_password: SecretStr | None = None
     kibana_url: str = "http://localhost:5601"
-    # Start the embedded servers for endpoints on this machine. 0 when real Kafka and
-    # Elasticsearch listen here already (deploy/docker-compose.yml publishes them on localhost).
+    # Start the embedded servers for endpoints on this machine. 0 when real servers listen here
+    # already (deploy/docker-compose.yml publishes Elasticsearch and Kibana on localhost).
     embedded: bool = True
 
     # Embedded dev stack: where it keeps its pid files and logs.

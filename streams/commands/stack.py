@@ -22,7 +22,8 @@ def up(settings: Settings, foreground: bool) -> None:
     """Start the embedded broker and search server, create topics, install index templates."""
     servers = devstack.embedded_servers(settings)
     if not servers:
-        click.echo("endpoints are remote: nothing to start here")
+        click.echo("EARFUL_EMBEDDED=0: nothing to start here" if not settings.embedded
+                   else "endpoints are remote: nothing to start here")
     try:
         if foreground:
             with devstack.running(settings):
