@@ -78,12 +78,7 @@ class TopicModel:
 
     def predict(self, texts: Sequence[str]) -> list[dict[str, float]]:
         """Probability per topic for each text (texts in model form, see Normalized.for_model)."""
-        if not texts:
-            return []
-        probs = _topic_columns(getattr(self.pipeline, "classes_", None),
-                               np.asarray(self.pipeline.predict_proba(list(texts))), self.meta.topics)
-        topics = self.meta.topics
-        return [{t: float(p) for t, p in zip(topics, row, strict=True)} for row in probs]
+        return self.predict_with_features(texts)[0]
 
     def predict_one(self, text: str) -> dict[str, float]:
         return self.predict([text])[0]
@@ -100,11 +95,8 @@ class TopicModel:
         words = tfidf_member(self.pipeline)
         features = words.named_steps["features"].transform(texts)
         probs = np.asarray(words.named_steps["clf"].predict_proba(features))
-        members = getattr(self.pipeline, "members", None)
-        if members:  # a Blend: the same weighted mean as Blend.predict_proba
-            total = sum(weight for _name, _estimator, weight in members)
-            probs = sum((weight / total) * (probs if estimator is words else np.asarray(estimator.predict_proba(texts)))
-                        for _name, estimator, weight in members)
+        if isinstance(self.pipeline, Blend):  # the other members score the texts; this one is known
+            probs = self.pipeline.predict_proba(texts, known={"tfidf": probs})
         columns = _topic_columns(getattr(self.pipeline, "classes_", None), probs, self.meta.topics)
         topics = self.meta.topics
         return [{t: float(p) for t, p in zip(topics, row, strict=True)} for row in columns], features
@@ -247,10 +239,12 @@ class Blend:
         self.classes_ = classes
         return self
 
-    def predict_proba(self, X: Any) -> np.ndarray:
+    def predict_proba(self, X: Any, known: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """The weighted mean; ``known`` holds members' probabilities already computed, by name."""
+        known = known or {}
         total = sum(weight for _name, _estimator, weight in self.members)
-        return sum(weight / total * np.asarray(estimator.predict_proba(X))
-                   for _name, estimator, weight in self.members)
+        return sum(weight / total * (known[name] if name in known else np.asarray(estimator.predict_proba(X)))
+                   for name, estimator, weight in self.members)
 
 
 def tfidf_member(pipeline: Any) -> Any:
