@@ -1,7 +1,10 @@
-"""One settings object, read from ``EARFUL_*`` environment variables and an optional YAML file.
+"""One settings object, read from ``EARFUL_*`` environment variables.
 
 Built once in ``main()`` and passed down. Defaults point at the embedded dev stack.
-Secrets are ``SecretStr``: they print as ``**********`` and never reach a log line.
+Secrets are ``SecretStr``: they print as ``**********`` and never reach a log line; a
+secret set to an empty string is unset (a compose file passes ``${NAME:-}`` for one the
+operator left out). The YAML config file (sources, subscriptions, alerting) is read
+separately, by :meth:`Settings.config`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +36,8 @@ class Settings(BaseSettings):
     # already (deploy/docker-compose.yml publishes Elasticsearch and Kibana on localhost).
     embedded: bool = True
 
-    # Embedded dev stack: where it keeps its pid files and logs.
+    # Local state: the embedded dev stack's pid files, logs and server data, the connectors'
+    # cursors, and the worker's own data (keep it on a volume in production).
     data_dir: Path = PROJECT_ROOT / ".earful"
 
     # Kafka topics and their partition counts.
@@ -53,7 +57,6 @@ class Settings(BaseSettings):
 
     # The Faust worker.
     app_id: str = "earful"
-    worker_web_port: int = 6066
     batch_size: int = Field(default=2000, ge=1)
     batch_within: float = Field(default=0.5, gt=0)
     # One actor: it tags the next slice of a batch while the previous slice's bulk request is in
@@ -85,6 +88,14 @@ class Settings(BaseSettings):
     # Key for pseudonymising author handles; unset keeps handles as the source gives them.
     author_hash_key: SecretStr | None = None
     keep_raw: bool = False
+
+    @field_validator("es_api_key", "es_password", "author_hash_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # An empty key would still be used: an author pseudonym anyone could recompute.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
 
     @property
     def kafka_servers(self) -> list[str]:

@@ -35,7 +35,19 @@ def _known_env_names() -> set[str]:
     from connectors.config import IngestConfig
 
     names.add(IngestConfig.model_fields["secret_env"].default)
-    return names
+    return names | set(_source_credentials()) | set(_subscription_variables())
+
+
+def _source_credentials() -> list[str]:
+    """The env vars the shipped config file's sources read their credentials from."""
+    sources = yaml.safe_load((DEPLOY / "earful.yaml").read_text())["sources"]
+    return [value for source in sources for key, value in source.items() if key.endswith("_env")]
+
+
+def _subscription_variables() -> list[str]:
+    """The ``${NAME}``s the shipped config file's subscriptions use (its examples are comments)."""
+    text = (DEPLOY / "earful.yaml").read_text().split("\nsubscriptions:", 1)[1]
+    return re.findall(r"\$\{(EARFUL_[A-Z0-9_]+)\}", text)
 
 
 def _yaml_files() -> list[Path]:
@@ -143,6 +155,26 @@ def test_compose_earful_variables_are_settings() -> None:
                 used.add(key)
                 assert key in known, f"service {name}: {key} is not a setting of streams.settings.Settings"
     assert "EARFUL_KAFKA_BOOTSTRAP" in used and "EARFUL_ES_URL" in used
+
+
+def _compose_env(service: str) -> dict[str, Any]:
+    return _compose()["services"][service].get("environment") or {}
+
+
+def test_compose_hands_each_service_the_credentials_the_config_file_names() -> None:
+    # Without them a source stays "missing credentials" and a subscription stops the worker.
+    assert _source_credentials() and _subscription_variables()
+    connect, worker, ingest = _compose_env("connect"), _compose_env("worker"), _compose_env("ingest")
+    for name in _source_credentials():
+        assert connect.get(name) == f"${{{name}:-}}", f"connect does not get {name}"
+    for name in _subscription_variables():
+        assert worker.get(name) == f"${{{name}:-}}", f"worker does not get {name}"
+    for env in (connect, ingest):  # the two that pseudonymise author handles
+        assert env.get("EARFUL_AUTHOR_HASH_KEY") == "${EARFUL_AUTHOR_HASH_KEY:-}"
+    assert "EARFUL_X_BEARER_TOKEN" not in worker  # each container gets only its own
+    example = (DEPLOY / ".env.example").read_text()
+    for name in [*_source_credentials(), *_subscription_variables(), "EARFUL_AUTHOR_HASH_KEY"]:
+        assert re.search(rf"^{name}=$", example, re.MULTILINE), f".env.example has no empty {name}="
 
 
 def test_compose_secrets_are_not_inline() -> None:
