@@ -84,7 +84,8 @@ def _rows(path: Path, time_col: str, value_col: str) -> Iterator[tuple[str, date
               help="Detector settings YAML: the worker's config file, or the mapping (or under 'detector:').")
 @click.option("--topic", help="Apply this topic's sensitivity and calendar overrides.")
 @click.option("--threshold", type=float, help="anomaly_score a row needs to be anomalous.")
-@click.option("--min-count", type=float, help="A count below this is never a spike.")
+@click.option("--min-count", type=float,
+              help="A count below this is never a spike (a row, or the sum a longer test adds up).")
 def detect(path: Path, time_col: str, value_col: str, config_path: Path | None, topic: str | None,
            threshold: float | None, min_count: float | None) -> None:
     """Run the spike detector over a count series; CSV to stdout.

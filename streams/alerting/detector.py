@@ -103,7 +103,9 @@ class DetectorConfig:
     threshold: float = 0.5
     # -log10(tail probability) that maps to anomaly_score 0.5.
     score_scale: float = 6.0
-    # A count below this is never a spike, however quiet the topic usually is.
+    # A count below this is never a spike, however quiet the topic usually is. Each test has
+    # its own count: one window's, the sum of the last window_minutes, the recent level's.
+    # Three quiet windows of 2 are no spike of min_count 5; their sum of 6 can be.
     min_count: float = 5.0
     # How fast the baseline follows drifts: overall level, each hour's factor (in days
     # of that hour seen), each weekday's factor, and the burstiness (dispersion).

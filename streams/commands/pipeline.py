@@ -66,7 +66,8 @@ def run(settings: Settings) -> None:
     """Everything on one machine: the embedded stack, the worker and the connectors, until Ctrl-C.
 
     The connectors are those of the config file (deploy/earful.yaml by default): the
-    bundled sample of real posts, replayed at real pace, and the live sources reachable.
+    bundled sample of real posts, replayed at 60x with pauses capped (see deploy/earful.yaml),
+    and the live sources reachable.
     """
     env = dict(os.environ)
     stop = threading.Event()
