@@ -179,6 +179,27 @@ async def test_email_reaches_the_smtp_server(es: tuple[AsyncElasticsearch, str],
     assert logged["status"] == "sent" and logged["alert"]["top_terms"] == ["portal", "down"]
 
 
+async def test_a_cooldown_runs_from_the_latest_send_the_log_holds(
+    es: tuple[AsyncElasticsearch, str], receiver: tuple[Receiver, str]
+) -> None:
+    client, index = es
+    _, url = receiver
+    subs = parse_subscriptions([{"name": "comms", "cooldown": "15m", "channel": {"type": "slack", "url": url}}])
+    clock = [NOW]
+    dispatcher = Dispatcher(subs, ElasticsearchDeliveryLog(client, index), clock=lambda: clock[0], sleep=_no_wait)
+    try:
+        [first] = await dispatcher.dispatch(ALERT)
+        clock[0] = NOW + timedelta(minutes=20)  # past the cooldown: a new episode goes out
+        [second] = await dispatcher.dispatch(ALERT.model_copy(update={"id": "c1", "opened_at": clock[0]}))
+        clock[0] = NOW + timedelta(minutes=30)  # 30 min after the first send, 10 after the latest
+        [third] = await dispatcher.dispatch(ALERT.model_copy(update={"id": "c2", "opened_at": clock[0]}))
+    finally:
+        await dispatcher.aclose()
+    assert (first.status, second.status) == ("sent", "sent")
+    assert third.status == "held" and third.reason == "cooldown"
+    assert third.next_attempt_at == NOW + timedelta(minutes=35)
+
+
 async def test_held_delivery_survives_a_restart(es: tuple[AsyncElasticsearch, str], receiver: tuple[Receiver, str]) -> None:
     client, index = es
     rec, url = receiver

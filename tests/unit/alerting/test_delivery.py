@@ -251,6 +251,16 @@ async def test_cooldown_per_subscription_and_topic() -> None:
     assert late.status == "superseded"  # the resolve already went out
 
 
+async def test_a_cooldown_ends_on_the_minute_it_names() -> None:
+    n = FakeNotifier()
+    d, _, clock, _ = make([sub(cooldown="15m")], {"ops": n})
+    assert (await d.dispatch(alert(0)))[0].status == "sent"
+    clock.now = NOON + timedelta(minutes=15) - timedelta(seconds=1)
+    assert (await d.dispatch(alert(1, status="update")))[0].status == "held"
+    clock.now = NOON + timedelta(minutes=15)
+    assert (await d.dispatch(alert(2, status="update")))[0].status == "sent"
+
+
 async def test_digest_collects_and_sends_one_message_per_period() -> None:
     n = FakeNotifier(*[RetriableDeliveryError("503")] * 3)
     d, log, clock, _ = make([sub(digest="1h", topics=["*"])], {"ops": n})
@@ -340,13 +350,19 @@ async def test_removed_subscription_is_recorded_as_failed() -> None:
     assert record.status == "failed" and "no longer configured" in (record.error or "")
 
 
-@pytest.mark.parametrize("asked", [math.nan, math.inf, -math.inf, 1e12])
-async def test_an_absurd_retry_after_is_capped_and_the_delivery_still_gives_up(asked: float) -> None:
+@pytest.mark.parametrize(("asked", "waits"), [
+    # no number: the in-line tries' own waits (1 s, 2 s), then 1 min doubled twice
+    (math.nan, timedelta(minutes=4, seconds=3)),
+    (-math.inf, timedelta(minutes=4)),  # "no wait": three tries at once, then the same backoff
+    (math.inf, timedelta(hours=24)),  # capped at give_up_after
+    (1e12, timedelta(hours=24)),
+])
+async def test_an_absurd_retry_after_is_capped_and_the_delivery_still_gives_up(asked: float, waits: timedelta) -> None:
     n = FakeNotifier(*[RetriableDeliveryError("429", retry_after=asked)] * 100)
     d, _, clock, _ = make([sub()], {"ops": n})
     [record] = await d.dispatch(alert())
-    assert record.status == "pending" and record.next_attempt_at is not None
-    assert NOON < record.next_attempt_at <= NOON + timedelta(hours=24)
+    assert record.status == "pending" and record.next_attempt_at == NOON + waits
+    assert record.error == "429"  # the receiver's answer, not an error of our own arithmetic
     while record.status == "pending":
         clock.now = record.next_attempt_at  # type: ignore[assignment]
         [record] = await d.retry_due()

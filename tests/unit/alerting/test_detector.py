@@ -106,6 +106,31 @@ def test_a_declared_busy_period_is_expected_not_alerted(two_weeks):
     assert obs[0].expected > 3 * daily_rate(deadline)
 
 
+def test_a_declared_busy_period_does_not_raise_the_next_days_baseline(two_weeks):
+    # Four times the usual chatter, declared: the baseline learns the usual part only, so the
+    # same hour next day expects what it would have without the busy period.
+    deadline = START + timedelta(days=12, hours=12)
+    override = CalendarOverride(deadline, deadline + timedelta(hours=2), 4.0, name="lodgement day")
+    busy = [(ts, 4.0 * v) if deadline <= ts < deadline + timedelta(hours=2) else (ts, v) for ts, v in two_weeks]
+    next_day = deadline + timedelta(days=1, minutes=30)
+
+    warned = Detector(DetectorConfig(overrides=(override,)))
+    run(warned, [row for row in busy if row[0] < next_day])
+    usual = Detector(DetectorConfig())
+    run(usual, [row for row in two_weeks if row[0] < next_day])
+    expected = usual.observe(next_day, 30.0).expected
+    assert warned.observe(next_day, 30.0).expected == pytest.approx(expected, rel=0.01)
+
+
+def test_an_override_covers_its_start_and_stops_at_its_end():
+    start, end = START + timedelta(days=3), START + timedelta(days=3, hours=2)
+    det = Detector(DetectorConfig(overrides=(CalendarOverride(start, end, 4.0, name="deadline"),)))
+    assert det.multiplier(start - MINUTE) == 1.0
+    assert det.multiplier(start) == 4.0
+    assert det.multiplier(end - MINUTE) == 4.0
+    assert det.multiplier(end) == 1.0  # [start, end): the next period may start right here
+
+
 def test_an_override_for_another_topic_does_not_apply(two_weeks):
     deadline = START + timedelta(days=14, hours=12)
     override = CalendarOverride(deadline, deadline + timedelta(hours=2), 4.0, topics=("refund",))
@@ -265,6 +290,25 @@ def test_a_rise_that_lasts_hours_is_judged_on_its_level_too(two_weeks):
         return max(o.anomaly_score for o in obs if start <= o.ts < start + timedelta(hours=4))
 
     assert peak(180.0) > peak(0.0) + 0.05
+
+
+def test_a_rise_over_half_an_hour_is_judged_on_its_sum_too(two_weeks):
+    # Two and a half times the usual chatter for 30 minutes: each minute is only somewhat
+    # high, but their sum over the window is far past what half an hour usually holds.
+    start = START + timedelta(days=13, hours=10)
+    rng = random.Random(3)
+    rows = [
+        (ts, float(poisson(rng, 2.5 * daily_rate(ts)))) if start <= ts < start + timedelta(minutes=30) else (ts, v)
+        for ts, v in two_weeks
+    ]
+
+    def inside(window: float) -> list[Observation]:
+        obs = run(Detector(DetectorConfig(window_minutes=window, shift_half_life_minutes=0.0)), rows)
+        return [o for o in obs if start <= o.ts < start + timedelta(minutes=30)]
+
+    with_sum, rows_only = inside(30.0), inside(0.0)
+    assert max(o.anomaly_score for o in with_sum) > max(o.anomaly_score for o in rows_only) + 0.05
+    assert sum(o.is_anomalous for o in with_sum) > sum(o.is_anomalous for o in rows_only)
 
 
 def test_recent_level_averages_over_its_effective_rows():

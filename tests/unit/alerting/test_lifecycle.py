@@ -69,6 +69,16 @@ def test_escalates_on_severity_or_meaningful_growth() -> None:
     assert grown.peak_observed == 93
 
 
+def test_a_window_the_detector_calls_normal_sends_no_update_however_much_it_grew() -> None:
+    feed = Feed(AlertTracker(CFG))
+    opened = feed.step(50)
+    assert opened is not None
+    # Twice the opening count, and not calm, but the baseline rose with it: no anomaly, no update.
+    assert feed.step(100, expected=60, anomalous=False) is None
+    up = feed.step(100, expected=10)  # the same count, now anomalous: the update comes
+    assert up is not None and up.status == "update" and up.id == opened.id
+
+
 def test_no_storm_during_a_long_spike() -> None:
     feed = Feed(AlertTracker(CFG))
     events = [feed.step(50 + (i % 7), severity="major") for i in range(240)]

@@ -133,6 +133,18 @@ def test_quiet_hours_across_midnight_in_sydney() -> None:
     assert quiet.ends_after(datetime(2024, 12, 1, 12, 0, tzinfo=UTC)) == datetime(2024, 12, 1, 20, 0, tzinfo=UTC)
 
 
+def test_quiet_hours_within_one_day() -> None:
+    # A lunchtime window: quiet from 12:00 up to (not including) 14:00, loud the rest of the day.
+    quiet = QuietHours(start=time(12), end=time(14), timezone="UTC")
+    day = datetime(2024, 7, 1, tzinfo=UTC)
+    assert not quiet.is_quiet(day.replace(hour=11, minute=59))
+    assert quiet.is_quiet(day.replace(hour=12))
+    assert quiet.is_quiet(day.replace(hour=13, minute=59))
+    assert not quiet.is_quiet(day.replace(hour=14))
+    assert not quiet.is_quiet(day.replace(hour=23, minute=30))
+    assert quiet.ends_after(day.replace(hour=12, minute=30)) == day.replace(hour=14)
+
+
 def test_digest_periods_align() -> None:
     s = sub(digest="1h")
     assert s.digest_due(datetime(2024, 7, 1, 9, 15, tzinfo=UTC)) == datetime(2024, 7, 1, 10, 0, tzinfo=UTC)
