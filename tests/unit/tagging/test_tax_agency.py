@@ -46,7 +46,7 @@ def test_posts_get_their_topic(tagger: Tagger, text: str, topic: str) -> None:
     reasons = [w for w in result.why if w.topic == topic]
     assert reasons
     for w in reasons:
-        assert w.tier == "rule" and w.rule.startswith(f"{topic}.") or ".child." in w.rule
+        assert w.tier == "rule" and (w.rule.startswith(f"{topic}.") or ".child." in w.rule)
         if w.span is not None:
             assert text[w.span[0]:w.span[1]] == w.matched
 
