@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import orjson
 
-from schemas import Mention, mention_id
-from streams.pipeline import RawRecord, prepare
+from schemas import Mention, TagReason, mention_id
+from streams.pipeline import RawRecord, prepare, tag
 
 
 def _record(value: object) -> RawRecord:
@@ -36,3 +39,60 @@ def test_an_id_is_made_from_the_fields_as_stored_so_padding_never_gets_a_mention
     assert padded.native_id == "p-1" and padded.id == mention_id("mastodon", "p-1")
     batch, mentions = prepare([_record(padded.model_dump(mode="json"))])
     assert [m.id for m in mentions] == [padded.id] and not batch.rejected
+
+
+def test_the_latest_copy_of_a_mention_in_a_batch_wins() -> None:
+    # An edited post fetched twice before one batch was indexed: the index keeps the edit.
+    first = Mention.build(source="reddit", native_id="t3_y", text="portal down",
+                          created_at="2026-11-23T09:00:00Z")  # type: ignore[arg-type]
+    edited = first.model_copy(update={"text": "portal down (edit: back up now)"})
+    batch, mentions = prepare([_record(first.model_dump(mode="json")), _record(edited.model_dump(mode="json"))])
+    assert [m.text for m in mentions] == ["portal down (edit: back up now)"]
+    assert batch.duplicates_in_batch == 1
+
+
+@dataclass
+class _Outcome:
+    tags: list[str]
+    why: list[TagReason]
+    scores: dict[str, float]
+    detected_lang: str | None
+    sentiment: float | None
+
+
+class _Tagger:
+    version = "tax-agency@test"
+
+    def __init__(self, outcome: _Outcome) -> None:
+        self.outcome = outcome
+        self.texts: list[str] = []
+
+    def tag(self, text: str, lang: str | None = None) -> _Outcome:
+        return self.tag_many([text], [lang])[0]
+
+    def tag_many(self, texts: Sequence[str], langs: Sequence[str | None] | None = None) -> list[_Outcome]:
+        self.texts.extend(texts)
+        return [self.outcome for _ in texts]
+
+
+def test_the_indexed_document_carries_the_mention_and_its_tagging() -> None:
+    original = Mention.build(source="x", native_id="1", text="ATO site down", created_at="2026-11-23T09:00:00Z",
+                             lang="en")  # type: ignore[arg-type]
+    repost = Mention.build(source="x", native_id="2", text="RT ATO site down", created_at="2026-11-23T09:01:00Z",
+                           repost_of="1")  # type: ignore[arg-type]
+    reason = TagReason(topic="outage", rule="outage.phrase", tier="rule", span=(4, 13), matched="site down")
+    tagger = _Tagger(_Outcome(["outage"], [reason], {"outage": 1.0}, "en", -0.4))
+    docs = tag([original, repost], tagger)
+    assert tagger.texts == ["ATO site down", "RT ATO site down"]
+    first, second = docs
+    assert (first["id"], first["is_repost"], second["is_repost"]) == (original.id, False, True)
+    assert second["repost_of"] == "1"
+    assert first["tags"] == ["outage"] and first["scores"] == {"outage": 1.0}
+    assert first["why"] == [{"topic": "outage", "rule": "outage.phrase", "tier": "rule", "span": [4, 13],
+                             "matched": "site down"}]
+    assert (first["sentiment"], first["detected_lang"], first["taxonomy_version"]) == (-0.4, "en", "tax-agency@test")
+    assert first["tagged_at"] == second["tagged_at"]
+
+    unscored = tag([original], _Tagger(_Outcome([], [], {}, None, None)))[0]
+    assert "sentiment" not in unscored and "detected_lang" not in unscored  # none, rather than a made-up 0
+    assert unscored["tags"] == [] and unscored["lang"] == "en"
