@@ -442,6 +442,20 @@ async def test_an_error_the_log_cannot_record_is_raised_after_the_others_were_se
     assert log.records["a1:0:comms"].status == "sent"
 
 
+async def test_a_delivery_gives_up_on_the_minute_give_up_after_ends() -> None:
+    policy = RetryPolicy(inline_attempts=1, retry_backoff=timedelta(minutes=30),
+                         max_retry_backoff=timedelta(minutes=30), give_up_after=timedelta(hours=1))
+    n = FakeNotifier(*[RetriableDeliveryError("503")] * 100)
+    d, _, clock, _ = make([sub()], {"ops": n}, policy=policy)
+    [record] = await d.dispatch(alert())
+    clock.now = NOON + timedelta(minutes=30)
+    [record] = await d.retry_due()
+    assert record.status == "pending" and record.next_attempt_at == NOON + timedelta(hours=1)
+    clock.now = NOON + timedelta(hours=1)  # an hour of trying, to the minute: the last try
+    [record] = await d.retry_due()
+    assert record.status == "failed" and record.attempts == 3
+
+
 async def test_time_held_does_not_count_against_giving_up() -> None:
     policy = RetryPolicy(inline_attempts=1, give_up_after=timedelta(hours=1))
     n = FakeNotifier(*[RetriableDeliveryError("503")] * 100)

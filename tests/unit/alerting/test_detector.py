@@ -90,6 +90,17 @@ def test_a_few_mentions_after_silence_is_not_a_spike(count):
     assert bare.observe(ts, count).is_anomalous
 
 
+def test_min_count_mentions_after_silence_can_be_a_spike():
+    rows = [(START + i * MINUTE, 0.0) for i in range(3 * 24 * 60)]
+    for single_rows_only in (True, False):  # the row's own test, then with the longer ones too
+        cfg = DetectorConfig(min_count=5)
+        if single_rows_only:
+            cfg = DetectorConfig(min_count=5, window_minutes=0.0, shift_half_life_minutes=0.0)
+        det = Detector(cfg)
+        run(det, rows)
+        assert det.observe(rows[-1][0] + MINUTE, 5).anomaly_score > 0  # the floor itself is in
+
+
 def test_a_declared_busy_period_is_expected_not_alerted(two_weeks):
     deadline = START + timedelta(days=14, hours=12)
     busy = [(deadline + i * MINUTE, 4.0 * daily_rate(deadline + i * MINUTE)) for i in range(120)]

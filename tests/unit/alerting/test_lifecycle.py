@@ -102,6 +102,15 @@ def test_resolves_only_after_consecutive_calm_windows() -> None:
     assert feed.step(8) is None
 
 
+def test_a_window_at_exactly_calm_factor_times_expected_is_calm() -> None:
+    feed = Feed(AlertTracker(CFG))
+    assert feed.step(50) is not None
+    # 12 = 10 x 1.2: at the calm line counts as calm; three in a row give the all clear.
+    assert feed.step(12) is None and feed.step(12) is None
+    resolved = feed.step(12)
+    assert resolved is not None and resolved.status == "resolved"
+
+
 def test_cooldown_before_a_new_episode() -> None:
     feed = Feed(AlertTracker(CFG))
     first = feed.step(50)

@@ -133,6 +133,20 @@ def test_quiet_hours_across_midnight_in_sydney() -> None:
     assert quiet.ends_after(datetime(2024, 12, 1, 12, 0, tzinfo=UTC)) == datetime(2024, 12, 1, 20, 0, tzinfo=UTC)
 
 
+def test_quiet_hours_across_midnight_start_on_the_minute() -> None:
+    quiet = QuietHours(start=time(22), end=time(7), timezone="UTC")
+    day = datetime(2024, 7, 1, tzinfo=UTC)
+    assert not quiet.is_quiet(day.replace(hour=21, minute=59))
+    assert quiet.is_quiet(day.replace(hour=22))
+    assert quiet.is_quiet(day.replace(hour=0))
+
+
+def test_a_digest_period_is_at_least_a_minute() -> None:
+    assert sub(digest="1m").digest == timedelta(minutes=1)
+    with pytest.raises(ValueError, match="digest period must be at least 1m"):
+        sub(digest="59s")
+
+
 def test_quiet_hours_within_one_day() -> None:
     # A lunchtime window: quiet from 12:00 up to (not including) 14:00, loud the rest of the day.
     quiet = QuietHours(start=time(12), end=time(14), timezone="UTC")
