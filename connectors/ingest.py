@@ -44,7 +44,7 @@ from aiohttp import web
 from pydantic import SecretStr, ValidationError
 
 from connectors.config import IngestConfig
-from connectors.runner import MAX_RECORD_BYTES
+from connectors.runner import MAX_MENTION_BYTES
 from connectors.text import Pseudonymiser
 from schemas import Mention, mention_id
 
@@ -74,10 +74,10 @@ def _fits_kafka(mentions: list[Mention]) -> None:
     runner would send it without its ``raw`` payload or reject it, and a 202 promises every
     mention as pushed."""
     too_large = [{"id": m.id, "native_id": m.native_id, "bytes": size} for m in mentions
-                 if (size := len(m.model_dump_json().encode())) > MAX_RECORD_BYTES]  # bytes, as Kafka counts
+                 if (size := len(m.model_dump_json().encode())) > MAX_MENTION_BYTES]  # bytes, as Kafka counts
     if too_large:
-        raise BadRequest(413, f"{len(too_large)} mention(s) over the {MAX_RECORD_BYTES}-byte limit of one "
-                              "Kafka record; nothing of this request was kept", too_large)
+        raise BadRequest(413, f"{len(too_large)} mention(s) over the {MAX_MENTION_BYTES}-byte limit of one "
+                              "mention in a Kafka record; nothing of this request was kept", too_large)
 
 
 def _answer(status: int, body: dict[str, Any]) -> web.Response:

@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 #: a record stays well under the broker's default 1 MB limit
 MAX_RECORD_BYTES = 900_000
 MAX_PAGE_MENTIONS = 500
+_PAGE_OPEN, _PAGE_CLOSE = b'{"mentions":[', b'],"schema_version":1}'  # a page around its mentions
+_PAGE_OVERHEAD = len(_PAGE_OPEN) + len(_PAGE_CLOSE)
+#: the largest mention a record can carry: the record's limit less the page around it
+MAX_MENTION_BYTES = MAX_RECORD_BYTES - _PAGE_OVERHEAD
 
 
 def partition_for(mention_id: str, partitions: int) -> int:
@@ -50,7 +54,8 @@ class Pages(NamedTuple):
 
 
 def encode_pages(mentions: Iterable[Mention], partitions: int) -> Pages:
-    """Group mentions by partition into records of at most MAX_PAGE_MENTIONS / MAX_RECORD_BYTES.
+    """Group mentions by partition into records of at most MAX_PAGE_MENTIONS / MAX_RECORD_BYTES
+    (the page around the mentions included).
 
     A mention too large for a record on its own loses its ``raw`` payload (logged); one still
     too large is refused with its reason, so one post cannot block its source's every poll."""
@@ -58,34 +63,34 @@ def encode_pages(mentions: Iterable[Mention], partitions: int) -> Pages:
     refused: list[tuple[str, RejectedItem]] = []
     for mention in mentions:
         doc = mention.model_dump_json().encode()
-        if len(doc) > MAX_RECORD_BYTES and mention.raw is not None:
+        if len(doc) > MAX_MENTION_BYTES and mention.raw is not None:
             log.warning("mention %s is %d bytes, more than a Kafka record takes: sent without its raw payload",
                         mention.id, len(doc))
             doc = mention.model_copy(update={"raw": None}).model_dump_json().encode()
-        if len(doc) > MAX_RECORD_BYTES:
+        if len(doc) > MAX_MENTION_BYTES:
             refused.append((mention.source, RejectedItem(
                 payload=doc[:2000].decode(errors="ignore"),
                 reason=f"mention {mention.id} is {len(doc)} bytes, more than a Kafka record takes "
-                       f"({MAX_RECORD_BYTES}); its first 2,000 bytes are kept here")))
+                       f"({MAX_MENTION_BYTES} for one mention); its first 2,000 bytes are kept here")))
             continue
         by_partition[partition_for(mention.id, partitions)].append(doc)
     records: list[tuple[int, bytes]] = []
     for partition, docs in sorted(by_partition.items()):
         chunk: list[bytes] = []
-        size = 0
+        size = _PAGE_OVERHEAD  # the record's bytes so far: the page, its mentions, their commas
         for doc in docs:
-            if chunk and (len(chunk) >= MAX_PAGE_MENTIONS or size + len(doc) > MAX_RECORD_BYTES):
+            if chunk and (len(chunk) >= MAX_PAGE_MENTIONS or size + 1 + len(doc) > MAX_RECORD_BYTES):
                 records.append((partition, _page(chunk)))
-                chunk, size = [], 0
+                chunk, size = [], _PAGE_OVERHEAD
+            size += len(doc) + (1 if chunk else 0)
             chunk.append(doc)
-            size += len(doc) + 1
         if chunk:
             records.append((partition, _page(chunk)))
     return Pages(records, refused)
 
 
 def _page(docs: list[bytes]) -> bytes:
-    return b'{"mentions":[' + b",".join(docs) + b'],"schema_version":1}'
+    return _PAGE_OPEN + b",".join(docs) + _PAGE_CLOSE
 
 
 class Delivery:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -350,3 +351,53 @@ async def test_a_source_with_a_part_down_is_degraded_and_says_which_once_a_minut
     assert producer.statuses[-1]["state"] == "ok"  # every part answered again
     said = [r.getMessage() for r in caplog.records if "read, but skipped" in r.getMessage()]
     assert said == ["scripted: read, but skipped feed https://news.example/rss: HTTP 503 from news.example"]
+
+
+AT = datetime(2024, 11, 20, 3, 12, tzinfo=UTC)  # fixed times: a mention's size does not depend on the clock
+
+
+def sized(n: int, size: int) -> Mention:
+    """A mention whose JSON is exactly ``size`` bytes."""
+    base = Mention.build(source="news", native_id=str(n), text="x", created_at=AT, fetched_at=AT)
+    grown = base.model_copy(update={"text": "x" * (1 + size - len(base.model_dump_json().encode()))})
+    assert len(grown.model_dump_json().encode()) == size
+    return grown
+
+
+def test_a_busy_poll_is_split_into_records_kafka_takes() -> None:
+    mentions = [sized(n, 5_000) for n in range(300)]  # 1.5 MB in all, one partition
+    records, refused = runner_module.encode_pages(mentions, partitions=1)
+    assert refused == []
+    assert len(records) > 1
+    assert all(len(value) <= runner_module.MAX_RECORD_BYTES for _, value in records)
+    carried = [m["native_id"] for _, value in records for m in orjson.loads(value)["mentions"]]
+    assert carried == [str(n) for n in range(300)]  # every mention once, in order
+
+
+def test_a_record_carries_at_most_500_mentions() -> None:
+    mentions = [sized(n, 300) for n in range(runner_module.MAX_PAGE_MENTIONS + 1)]
+    records, _ = runner_module.encode_pages(mentions, partitions=1)
+    assert runner_module.MAX_PAGE_MENTIONS == 500
+    assert [len(orjson.loads(value)["mentions"]) for _, value in records] == [500, 1]
+
+
+@pytest.mark.parametrize("sizes", [
+    [runner_module.MAX_MENTION_BYTES],  # one mention as large as a record carries
+    [450_000, runner_module.MAX_RECORD_BYTES - 450_000 - 35],  # two that fill a record to the byte
+    [450_000, runner_module.MAX_RECORD_BYTES - 450_000 - 34],  # one byte over: two records
+], ids=["one-mention", "two-mentions", "one-byte-over"])
+def test_a_record_filled_to_the_limit_stays_within_it(sizes: list[int]) -> None:
+    records, refused = runner_module.encode_pages([sized(n, s) for n, s in enumerate(sizes)], partitions=1)
+    assert refused == []
+    assert all(len(value) <= runner_module.MAX_RECORD_BYTES for _, value in records)
+    one_page = sum(sizes) + len(sizes) - 1 + 34  # the mentions, their commas, the page around them
+    if one_page <= runner_module.MAX_RECORD_BYTES:
+        assert [len(value) for _, value in records] == [one_page] == [runner_module.MAX_RECORD_BYTES]
+    else:
+        assert len(records) == 2
+
+
+def test_a_mention_one_byte_over_what_a_record_carries_is_refused() -> None:
+    records, refused = runner_module.encode_pages([sized(0, runner_module.MAX_MENTION_BYTES + 1)], partitions=1)
+    assert records == [] and len(refused) == 1
+    assert f"({runner_module.MAX_MENTION_BYTES} for one mention)" in refused[0][1].reason
