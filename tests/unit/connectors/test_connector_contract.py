@@ -52,6 +52,7 @@ async def test_every_mention_is_complete(case: Case) -> None:
             page = await connector.poll(None)
         finally:
             await connector.aclose()
+    assert page.mentions  # the checks below must have something to check
     for mention in page.mentions:
         assert mention.text and mention.url and mention.author and mention.query
         assert mention.created_at.tzinfo is not None
@@ -71,10 +72,11 @@ async def test_rate_limit_is_retriable_with_retry_after(case: Case) -> None:
     assert caught.value.retry_after == 7
 
 
-async def test_server_error_is_retriable(case: Case) -> None:
+@pytest.mark.parametrize("status", [500, 502, 503])
+async def test_server_error_is_retriable(case: Case, status: int) -> None:
     async with FakePlatform() as fake:
         case.setup(fake)
-        fake.on(case.route, Reply("<html>bad gateway</html>", status=502, content_type="text/html"))
+        fake.on(case.route, Reply(f"<html>server error {status}</html>", status=status, content_type="text/html"))
         connector = build(case.entry(fake.url))
         try:
             with pytest.raises(RetriableError):

@@ -144,3 +144,24 @@ async def test_a_key_that_failed_before_a_rate_limit_stopped_the_poll_is_still_s
     await connector.aclose()
     assert asked == ["a", "b"]
     assert "skipped a this poll" in caplog.text and "no such hashtag" in caplog.text
+
+
+@pytest.mark.parametrize("header", ["x-ratelimit-remaining", "x-rate-limit-remaining", "ratelimit-remaining"])
+def test_one_request_left_is_not_a_used_up_window_and_none_left_is(header: str) -> None:
+    now = time.time()
+    reset = {"x-rate-limit-reset": str(int(now) + 120)}
+    assert exhausted_for({header: "1", **reset}, now) is None
+    assert exhausted_for({header: "1.0", **reset}, now) is None  # Reddit sends its counts as floats
+    assert exhausted_for({header: "0", **reset}, now) == pytest.approx(120, abs=1)
+    assert exhausted_for({header: "0.0", **reset}, now) == pytest.approx(120, abs=1)
+
+
+async def test_the_last_request_of_a_window_does_not_hold_the_next_one() -> None:
+    reset = str(int(time.time()) + 600)
+    asked: list[str] = []
+    connector = Questions(["a"], platform({"a": httpx.Response(
+        200, json={"items": ["a1"]}, headers={"x-rate-limit-remaining": "1", "x-rate-limit-reset": reset})}, asked))
+    await connector.poll(None)
+    await connector.poll(None)  # one request was left: this one is sent
+    await connector.aclose()
+    assert asked == ["a", "a"]

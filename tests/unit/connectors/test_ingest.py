@@ -15,6 +15,7 @@ from pydantic import SecretStr
 
 from connectors.config import IngestConfig
 from connectors.ingest import IngestServer, signature
+from connectors.text import Pseudonymiser
 from schemas import Mention, mention_id
 
 SECRET = SecretStr("shared-ingest-secret-42")
@@ -241,3 +242,33 @@ async def test_the_schema_pushers_validate_against(client: TestClient) -> None:
     assert schema["properties"] == Mention.model_json_schema()["properties"]
     assert {"source", "native_id", "text", "created_at"} <= set(schema["required"])
     assert "id" not in schema["required"]  # derived when left out
+
+
+async def test_a_pushed_author_is_stored_by_its_label_when_a_key_is_set(sink: FakeSink) -> None:
+    key = SecretStr("author-hash-key-for-tests")
+    server = IngestServer(IngestConfig(secret_env=None), SECRET, sink, author_key=key)
+    body = orjson.dumps([mention(1, author="@Kaz_The_Taxpayer"), mention(2, author="@kaz_the_taxpayer")])
+    async with TestClient(TestServer(server.app())) as keyed:
+        response = await keyed.post("/mentions", data=body, headers=bearer())
+        assert response.status == 202, await response.text()
+    first, second = sink.acked
+    assert first.author == Pseudonymiser(key)("@Kaz_The_Taxpayer") and first.author.startswith("anon:")  # type: ignore[union-attr]
+    assert second.author == first.author  # the same person keeps one label, so repeat authors still count
+    for stored in sink.acked:
+        assert "kaz_the_taxpayer" not in stored.model_dump_json().lower()
+
+
+async def test_a_source_not_allowed_here_is_422_and_nothing_is_sent(sink: FakeSink) -> None:
+    config = IngestConfig(secret_env=None, allowed_sources=["brandwatch", "meltwater"])
+    body = orjson.dumps([mention(1), {**mention(2), "source": "talkwalker"}])
+    async with TestClient(TestServer(IngestServer(config, SECRET, sink).app())) as strict:
+        refused = await strict.post("/mentions", data=body, headers=bearer())
+        answer = await refused.json()
+        allowed = await strict.post("/mentions", data=orjson.dumps(mention(3)), headers=bearer())
+        assert allowed.status == 202, await allowed.text()
+    assert refused.status == 422, answer
+    assert "nothing was accepted" in answer["error"]
+    [problem] = answer["details"]
+    assert problem["index"] == 1
+    assert "'talkwalker' is not accepted here (allowed: brandwatch, meltwater)" in problem["error"]
+    assert [m.native_id for m in sink.acked] == ["bw-3"] and sink.pending == []
