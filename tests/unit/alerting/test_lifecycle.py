@@ -79,6 +79,19 @@ def test_a_window_the_detector_calls_normal_sends_no_update_however_much_it_grew
     assert up is not None and up.status == "update" and up.id == opened.id
 
 
+def test_an_update_carries_at_most_max_samples() -> None:
+    tracker = AlertTracker(CFG.model_copy(update={"max_samples": 2}))
+    many = [SAMPLE.model_copy(update={"id": f"m{i}"}) for i in range(7)]
+    events = [
+        tracker.step(topic="outage", source=None, window_start=T0 + i * MIN, observed=observed, expected=10,
+                     score=0.99, is_anomalous=True, severity="major", samples=many, top_terms=["portal"],
+                     now=T0 + (i + 1) * MIN)
+        for i, observed in enumerate((50, 100))
+    ]
+    assert [e.status for e in events if e is not None] == ["open", "update"]
+    assert all([s.id for s in e.samples] == ["m0", "m1"] for e in events if e is not None)
+
+
 def test_no_storm_during_a_long_spike() -> None:
     feed = Feed(AlertTracker(CFG))
     events = [feed.step(50 + (i % 7), severity="major") for i in range(240)]

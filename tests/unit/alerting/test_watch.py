@@ -177,3 +177,10 @@ def test_the_delivery_section_sets_the_retry_policy() -> None:
     with pytest.raises(ValueError, match="retry_backof"):
         AlertingConfig.from_config({"delivery": {"retry_backof": "2s"}}, window_seconds=60)
     assert AlertingConfig.from_config(None, window_seconds=60).delivery.retry_backoff == timedelta(minutes=1)
+
+
+def test_one_handle_on_two_platforms_is_two_authors() -> None:
+    # "alice" on Mastodon and "alice" on Reddit need not be one person: unique authors count both.
+    assert author_key("alice", "mastodon") != author_key("alice", "reddit")
+    assert author_key("alice", "mastodon") == author_key("alice", "mastodon")
+    assert author_key(None, "mastodon") is None and author_key("", "reddit") is None
