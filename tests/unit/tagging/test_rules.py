@@ -154,6 +154,19 @@ def test_every_rule_kind_reports_its_rule_and_the_span_it_matched(small: Path) -
             assert r.span is not None and text[r.span[0]:r.span[1]] == r.matched
 
 
+def test_a_co_occurrence_holds_within_near_chars_and_names_its_tightest_span(small: Path) -> None:
+    m = Matcher(taxonomy_mod.load(small))
+
+    def agency_down(text: str) -> list[str]:
+        return [r.matched or "" for r in m.match(text).reasons.get("outage", []) if r.rule == "outage.all.agency_down"]
+
+    at_limit = "ato " + "x" * 21 + " down"  # 30 characters from "ato" to "down": near is 30
+    assert agency_down(at_limit) == [at_limit]
+    assert agency_down("ato " + "x" * 22 + " down") == []  # 31: too far apart
+    # Two agency words: the reason names the pair closest together.
+    assert agency_down("the ato says mygov is not working") == ["mygov is not working"]
+
+
 def test_phrases_sit_on_word_boundaries(small: Path) -> None:
     m = Matcher(taxonomy_mod.load(small))
     assert "outage" not in m.match("mygov downloads are slow").reasons
