@@ -292,11 +292,16 @@ def _resolve_refs(value: Any, where: str) -> Any:
         if ref.startswith("file:"):
             path = Path(ref[5:])
             try:
-                return path.read_text().rstrip("\r\n")
+                found = path.read_text().rstrip("\r\n")
             except OSError as exc:
                 raise SubscriptionError(f"{where}: cannot read secret file {path}: {exc.strerror}") from None
+            if not found.strip():
+                raise SubscriptionError(f"{where}: secret file {path} is empty")
+            return found
         if ref not in os.environ:
             raise SubscriptionError(f"{where}: environment variable {ref} is not set")
+        if not os.environ[ref].strip():  # docker compose passes ${NAME:-} as "" when it is unset
+            raise SubscriptionError(f"{where}: environment variable {ref} is empty")
         return os.environ[ref]
 
     return _REF.sub(expand, value)

@@ -65,6 +65,20 @@ def test_missing_env_var_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
         parse_subscriptions([{"name": "x", "channel": {"type": "slack", "url": "${NOPE_URL}"}}])
 
 
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_env_var_is_named_like_a_missing_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                       value: str) -> None:
+    # docker compose hands the worker ${EARFUL_PAGERDUTY_ROUTING_KEY:-}: "" when .env left it out.
+    monkeypatch.setenv("EARFUL_PAGERDUTY_ROUTING_KEY", value)
+    with pytest.raises(SubscriptionError, match="environment variable EARFUL_PAGERDUTY_ROUTING_KEY is empty"):
+        parse_subscriptions([{"name": "oncall", "channel": {
+            "type": "pagerduty", "routing_key": "${EARFUL_PAGERDUTY_ROUTING_KEY}"}}])
+    empty = tmp_path / "routing_key"
+    empty.write_text(value + "\n")
+    with pytest.raises(SubscriptionError, match=f"secret file {empty} is empty"):
+        parse_subscriptions([{"name": "oncall", "channel": {"type": "pagerduty", "routing_key": f"${{file:{empty}}}"}}])
+
+
 @pytest.mark.parametrize("url", [
     "ftp://hooks.example.com/services/XXXXsecretXXXX",
     "file:///etc/XXXXsecretXXXX",
@@ -228,7 +242,7 @@ def test_a_webhook_without_a_signing_secret_is_refused(monkeypatch: pytest.Monke
     with pytest.raises(SubscriptionError, match=r"(?s)ops-hook.*channel\.webhook\.secret: Field required"):
         parse_subscriptions([{"name": "ops-hook", "channel": {"type": "webhook", "url": SECRET_URL}}])
     monkeypatch.setenv("HOOK_SECRET", "")  # an empty key signs nothing anyone could not forge
-    for empty in ("", "${HOOK_SECRET}"):
-        with pytest.raises(SubscriptionError, match=r"(?s)ops-hook.*channel\.webhook\.secret"):
+    for empty, says in (("", r"channel\.webhook\.secret"), ("${HOOK_SECRET}", "variable HOOK_SECRET is empty")):
+        with pytest.raises(SubscriptionError, match=rf"(?s)ops-hook.*{says}"):
             parse_subscriptions([{"name": "ops-hook", "channel": {"type": "webhook", "url": SECRET_URL,
                                                                  "secret": empty}}])
