@@ -36,8 +36,8 @@ class Settings(BaseSettings):
     # already (deploy/docker-compose.yml publishes Elasticsearch and Kibana on localhost).
     embedded: bool = True
 
-    # Local state: the embedded dev stack's pid files, logs and server data, the connectors'
-    # cursors, and the worker's own data (keep it on a volume in production).
+    # Local state: the embedded dev stack's pid files, logs and server data, and the connectors'
+    # cursors (keep those on a volume in production; the worker keeps nothing here it needs).
     data_dir: Path = PROJECT_ROOT / ".earful"
 
     # Kafka topics and their partition counts.

@@ -66,12 +66,14 @@ class _Tagger:
     def __init__(self, outcome: _Outcome) -> None:
         self.outcome = outcome
         self.texts: list[str] = []
+        self.langs: list[str | None] = []
 
     def tag(self, text: str, lang: str | None = None) -> _Outcome:
         return self.tag_many([text], [lang])[0]
 
     def tag_many(self, texts: Sequence[str], langs: Sequence[str | None] | None = None) -> list[_Outcome]:
         self.texts.extend(texts)
+        self.langs.extend(langs if langs is not None else [None] * len(texts))
         return [self.outcome for _ in texts]
 
 
@@ -84,6 +86,7 @@ def test_the_indexed_document_carries_the_mention_and_its_tagging() -> None:
     tagger = _Tagger(_Outcome(["outage"], [reason], {"outage": 1.0}, "en", -0.4))
     docs = tag([original, repost], tagger)
     assert tagger.texts == ["ATO site down", "RT ATO site down"]
+    assert tagger.langs == ["en", None]  # the source's own language tag picks per-language terms
     first, second = docs
     assert (first["id"], first["is_repost"], second["is_repost"]) == (original.id, False, True)
     assert second["repost_of"] == "1"

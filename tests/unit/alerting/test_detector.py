@@ -92,13 +92,18 @@ def test_a_few_mentions_after_silence_is_not_a_spike(count):
 
 def test_min_count_mentions_after_silence_can_be_a_spike():
     rows = [(START + i * MINUTE, 0.0) for i in range(3 * 24 * 60)]
-    for single_rows_only in (True, False):  # the row's own test, then with the longer ones too
-        cfg = DetectorConfig(min_count=5)
-        if single_rows_only:
-            cfg = DetectorConfig(min_count=5, window_minutes=0.0, shift_half_life_minutes=0.0)
-        det = Detector(cfg)
+    after = rows[-1][0] + MINUTE
+    # One row of exactly min_count: its own test.
+    det = Detector(DetectorConfig(min_count=5, window_minutes=0.0, shift_half_life_minutes=0.0))
+    run(det, rows)
+    obs = det.observe(after, 5)
+    assert obs.is_anomalous and obs.anomaly_score > 0  # the floor itself is in
+    # Two rows, 2 then 3: neither reaches the floor, their half-hour sum does, exactly.
+    for floor, heard in ((5.0, True), (5.01, False)):
+        det = Detector(DetectorConfig(min_count=floor, shift_half_life_minutes=0.0))
         run(det, rows)
-        assert det.observe(rows[-1][0] + MINUTE, 5).anomaly_score > 0  # the floor itself is in
+        det.observe(after, 2)
+        assert (det.observe(after + MINUTE, 3).anomaly_score > 0) is heard
 
 
 def test_a_declared_busy_period_is_expected_not_alerted(two_weeks):

@@ -13,8 +13,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
+from connectors import runner as runner_module
 from connectors.config import IngestConfig
 from connectors.ingest import IngestServer, signature
+from connectors.runner import MAX_MENTION_BYTES
 from connectors.text import Pseudonymiser
 from schemas import Mention, mention_id
 
@@ -188,6 +190,24 @@ async def test_a_mention_too_large_for_a_kafka_record_is_413_and_nothing_is_sent
     assert "Kafka record" in answer["error"] and [d["native_id"] for d in answer["details"]] == ["bw-2"]
     assert answer["details"][0]["bytes"] > 900_000
     assert sink.acked == [] and sink.pending == []
+
+
+async def test_the_largest_mention_a_record_carries_is_accepted_and_one_byte_more_is_413(sink: FakeSink) -> None:
+    # The limit is the one the connectors' runner packs records by: a 202 promises a record can carry it.
+    config = IngestConfig(max_body_bytes=3_000_000, max_mentions=10, secret_env=None)
+    fixed = {"fetched_at": "2024-11-20T03:12:05Z"}  # the stored mention's size must not depend on the clock
+    empty = Mention.build(**mention(1, raw={"html": ""}, **fixed))  # type: ignore[arg-type]
+    room = MAX_MENTION_BYTES - len(empty.model_dump_json().encode())
+    async with TestClient(TestServer(IngestServer(config, SECRET, sink).app())) as big_client:
+        fits = await big_client.post("/mentions", headers=bearer(),
+                                     data=orjson.dumps([mention(1, raw={"html": "x" * room}, **fixed)]))
+        over = await big_client.post("/mentions", headers=bearer(),
+                                     data=orjson.dumps([mention(2, raw={"html": "x" * (room + 1)}, **fixed)]))
+        assert fits.status == 202, await fits.text()
+        assert over.status == 413, await over.text()
+    [kept] = sink.acked
+    assert len(kept.model_dump_json().encode()) == MAX_MENTION_BYTES
+    assert runner_module.encode_pages([kept], partitions=4).refused == []
 
 
 async def test_too_many_mentions_in_one_request_is_413(client: TestClient, sink: FakeSink) -> None:

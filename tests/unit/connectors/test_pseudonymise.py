@@ -86,7 +86,9 @@ def _replay(tmp_path: Path, *, author_key: SecretStr | None) -> LoopingReplay:
     return LoopingReplay(config, author_key=author_key)
 
 
-async def test_a_replayed_file_stores_no_handle_on_any_lap(tmp_path: Path) -> None:
+async def test_a_replayed_files_author_column_reaches_no_stored_mention_on_any_lap(tmp_path: Path) -> None:
+    # The replay reads no author column (and keeps no raw row unless keep_raw is on): with or
+    # without a key, the handles in the file are stored nowhere, on the first lap or the next.
     connector = _replay(tmp_path, author_key=KEY)
     cursor = None
     stored: list[Mention] = []
