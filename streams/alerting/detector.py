@@ -105,7 +105,7 @@ class DetectorConfig:
     score_scale: float = 6.0
     # A count below this is never a spike, however quiet the topic usually is. Each test has
     # its own count: one window's, the sum of the last window_minutes, the recent level's.
-    # Three quiet windows of 2 are no spike of min_count 5; their sum of 6 can be.
+    # A window of 2 is no spike at min_count 5; three in a row (a sum of 6) can be.
     min_count: float = 5.0
     # How fast the baseline follows drifts: overall level, each hour's factor (in days
     # of that hour seen), each weekday's factor, and the burstiness (dispersion).
