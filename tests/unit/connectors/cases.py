@@ -14,9 +14,9 @@ from connectors.base import Connector
 from connectors.config import parse_sources
 
 
-def build(entry: dict[str, Any]) -> Connector:
+def build(entry: dict[str, Any], **kwargs: Any) -> Connector:
     (config,) = parse_sources([entry])
-    return registry.build(config)
+    return registry.build(config, **kwargs)
 
 
 @dataclass

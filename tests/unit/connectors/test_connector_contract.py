@@ -12,13 +12,6 @@ from fake_platform import FakePlatform, Reply
 from connectors.base import FatalError, Page, RetriableError
 
 
-@pytest.fixture(params=CASES, ids=lambda c: c.id)
-def case(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Case:
-    for name, value in request.param.env.items():
-        monkeypatch.setenv(name, value)
-    return request.param
-
-
 async def test_poll_pages_and_cursor_advances_without_duplicates(case: Case) -> None:
     async with FakePlatform() as fake:
         case.setup(fake)

@@ -5,12 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cases import CASES, Case
+from cases import CASES, Case, build
 from fake_platform import FakePlatform
 from pydantic import SecretStr
 
-from connectors import registry
-from connectors.config import parse_sources
 from connectors.replay_source import LoopingReplay, ReplaySourceConfig
 from connectors.text import Pseudonymiser
 from schemas import Mention, utcnow
@@ -26,20 +24,12 @@ HANDLE_IN_ADDRESS = {"mastodon": {"url", "native_id"}, "bluesky": {"url"}, "x": 
 PUBLISHER_IS_AUTHOR = {"rss"}
 
 
-@pytest.fixture(params=CASES, ids=lambda c: c.id)
-def case(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Case:
-    for name, value in request.param.env.items():
-        monkeypatch.setenv(name, value)
-    return request.param
-
-
 async def _read(case: Case, author_key: SecretStr | None) -> dict[str, Mention]:
     """The first page of ``case``'s platform, by native id, as read with (or without) an author key."""
     async with FakePlatform() as fake:
         case.setup(fake)
         fake.on(case.route, case.page)
-        (config,) = parse_sources([case.entry(fake.url)])
-        connector = registry.build(config, author_key=author_key)
+        connector = build(case.entry(fake.url), author_key=author_key)
         try:
             page = await connector.poll(None)
         finally:
