@@ -363,3 +363,21 @@ def test_an_override_without_a_name_is_named_by_its_period():
     override = {"start": "2025-10-31T00:00", "end": "2025-11-01T00:00", "multiplier": "lots"}
     with pytest.raises(ValueError, match="calendar override from 2025-10-31T00:00 to 2025-11-01T00:00"):
         DetectorConfig.from_dict({"overrides": [override]})
+
+
+def test_a_score_equal_to_the_threshold_is_anomalous(two_weeks):
+    # The threshold is "the score a row needs": a row scoring exactly that is a spike,
+    # and a threshold one step above its score is not met.
+    ts = START + timedelta(days=13, hours=10)
+    warm = [row for row in two_weeks if row[0] < ts]
+    det = Detector(DetectorConfig())
+    run(det, warm)
+    state = det.state()
+    score = Detector.from_state(DetectorConfig(), state).observe(ts, 3 * daily_rate(ts)).anomaly_score
+    assert 0 < score < 1
+    at = Detector.from_state(DetectorConfig(threshold=score), state).observe(ts, 3 * daily_rate(ts))
+    above = DetectorConfig(threshold=math.nextafter(score, 1.0))
+    over = Detector.from_state(above, state).observe(ts, 3 * daily_rate(ts))
+    assert at.anomaly_score == over.anomaly_score == score
+    assert at.is_anomalous and at.severity is not None
+    assert not over.is_anomalous and over.severity is None
