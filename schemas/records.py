@@ -29,7 +29,12 @@ def mention_id(source: str, native_id: str) -> str:
 def _utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        # 0001-01-01T00:00+05:00 is before the first representable UTC instant: a bad
+        # value for this field, reported as one (a ValueError), not a crash.
+        raise ValueError("out of range once converted to UTC") from None
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_utc)]

@@ -39,7 +39,7 @@ class TaggerLike(Protocol):
 
 @dataclass(frozen=True)
 class RawRecord:
-    value: bytes
+    value: bytes | None  # None: a record with no value (a tombstone)
     topic: str
     partition: int | None = None
     offset: int | None = None
@@ -56,12 +56,19 @@ class Batch:
     duplicates_in_batch: int = 0
 
 
+# A rejected record carries at most this much of what was refused: a whole page of
+# mentions, escaped once more inside the rejection, would not fit in a Kafka record.
+MAX_REJECTED_PAYLOAD = 100_000
+
+
 def _reject(record: RawRecord, reason: str, payload: Any = None) -> Rejected:
     if payload is None:
-        text = record.value.decode("utf-8", errors="replace")
+        text = (record.value or b"").decode("utf-8", errors="replace")
     else:
         text = payload if isinstance(payload, str) else orjson.dumps(payload, default=str).decode()
-    return Rejected(reason=reason, payload=text[:100_000], topic=record.topic,
+    if len(text) > MAX_REJECTED_PAYLOAD:
+        reason += f" (payload cut to its first {MAX_REJECTED_PAYLOAD:,} of {len(text):,} characters)"
+    return Rejected(reason=reason, payload=text[:MAX_REJECTED_PAYLOAD], topic=record.topic,
                     partition=record.partition, offset=record.offset)
 
 
@@ -76,6 +83,8 @@ def explain(error: ValidationError) -> str:
 
 def decode(record: RawRecord) -> tuple[list[Any], Rejected | None]:
     """The mention objects a record carries, or the reason it carries none."""
+    if record.value is None:
+        return [], _reject(record, "no value: the record is empty (a tombstone), not a mention")
     try:
         loaded = orjson.loads(record.value)
     except orjson.JSONDecodeError as exc:

@@ -99,3 +99,38 @@ def test_the_indexed_document_carries_the_mention_and_its_tagging() -> None:
     unscored = tag([original], _Tagger(_Outcome([], [], {}, None, None)))[0]
     assert "sentiment" not in unscored and "detected_lang" not in unscored  # none, rather than a made-up 0
     assert unscored["tags"] == [] and unscored["lang"] == "en"
+
+
+def test_a_created_at_out_of_range_in_utc_is_rejected_naming_the_field() -> None:
+    # Valid ISO 8601, but before the first instant a UTC datetime can hold: this used to
+    # raise out of the worker (OverflowError) on every restart instead of being rejected.
+    early = Mention.build(source="rss", native_id="a", text="ATO news",
+                          created_at="2026-11-23T09:00:00Z").model_dump(mode="json")  # type: ignore[arg-type]
+    good = Mention.build(source="rss", native_id="b", text="ATO news",
+                         created_at="2026-11-23T09:00:00Z")  # type: ignore[arg-type]
+    early["created_at"] = "0001-01-01T00:00:00+05:00"
+    batch, mentions = prepare([_record(early), _record(good.model_dump(mode="json"))])
+    assert [m.id for m in mentions] == [good.id]
+    [rejected] = batch.rejected
+    assert rejected.reason.startswith("invalid mention: created_at: ")
+    assert "out of range once converted to UTC" in rejected.reason
+
+
+def test_a_record_with_no_value_is_rejected_not_a_crash() -> None:
+    batch, mentions = prepare([RawRecord(None, "mentions.raw", 2, 40)])
+    assert mentions == []
+    [rejected] = batch.rejected
+    assert rejected.reason == "no value: the record is empty (a tombstone), not a mention"
+    assert (rejected.payload, rejected.partition, rejected.offset) == ("", 2, 40)
+
+
+def test_a_rejected_payload_cut_to_size_says_so_in_its_reason() -> None:
+    whole = b"{" + b"x" * 150_000  # not JSON, and larger than a rejection keeps
+    batch, _ = prepare([RawRecord(whole, "mentions.raw", 0, 1)])
+    [rejected] = batch.rejected
+    assert rejected.payload == whole[:100_000].decode()
+    assert rejected.reason.startswith("not JSON: ")
+    assert rejected.reason.endswith("(payload cut to its first 100,000 of 150,001 characters)")
+    small = b"{" + b"x" * 10
+    [kept] = prepare([RawRecord(small, "mentions.raw", 0, 2)])[0].rejected
+    assert kept.payload == small.decode() and "cut" not in kept.reason

@@ -234,12 +234,13 @@ async def test_schema_violations_are_422_and_nothing_of_the_request_is_kept(clie
                                                                               sink: FakeSink) -> None:
     bad = [mention(1), mention(2, created_at="yesterday-ish"), mention(3, colour="blue"),
            {"source": "Bad Source!", "native_id": "x", "text": "t", "created_at": "2024-11-20T03:12:00Z"},
-           mention(5, id="forged-id")]
+           mention(5, id="forged-id"), mention(6, created_at="0001-01-01T00:00:00+05:00")]
     response = await client.post("/mentions", data=orjson.dumps(bad), headers=bearer())
     assert response.status == 422
     answer = await response.json()
     problems = {(d["index"], d["field"]) for d in answer["details"]}
     assert (1, "created_at") in problems and (2, "colour") in problems and (3, "source") in problems
+    assert (5, "created_at") in problems  # before UTC's first instant: a bad value, not a 500
     assert any(d["index"] == 4 and "'id' does not match" in d["error"] for d in answer["details"])
     assert 0 not in {d["index"] for d in answer["details"]}
     assert sink.acked == [] and sink.pending == []
