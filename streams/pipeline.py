@@ -66,10 +66,17 @@ def _reject(record: RawRecord, reason: str, payload: Any = None) -> Rejected:
         text = (record.value or b"").decode("utf-8", errors="replace")
     else:
         text = payload if isinstance(payload, str) else orjson.dumps(payload, default=str).decode()
-    if len(text) > MAX_REJECTED_PAYLOAD:
-        reason += f" (payload cut to its first {MAX_REJECTED_PAYLOAD:,} of {len(text):,} characters)"
-    return Rejected(reason=reason, payload=text[:MAX_REJECTED_PAYLOAD], topic=record.topic,
+    text, reason = _cut(text, reason)
+    return Rejected(reason=reason, payload=text, topic=record.topic,
                     partition=record.partition, offset=record.offset)
+
+
+def _cut(payload: str, reason: str) -> tuple[str, str]:
+    """The payload a rejection keeps, and its reason, which says when the payload was cut."""
+    if len(payload) <= MAX_REJECTED_PAYLOAD:
+        return payload, reason
+    return (payload[:MAX_REJECTED_PAYLOAD],
+            f"{reason} (payload cut to its first {MAX_REJECTED_PAYLOAD:,} of {len(payload):,} characters)")
 
 
 def explain(error: ValidationError) -> str:
@@ -165,4 +172,5 @@ def tag(mentions: Sequence[Mention], tagger: TaggerLike) -> list[dict[str, Any]]
 
 def refused_document(doc: dict[str, Any], reason: str, index: str) -> Rejected:
     """A document the search server refused for good: kept, with why, on the rejected topic."""
-    return Rejected(reason=reason, payload=orjson.dumps(doc).decode(), topic=f"index:{index}")
+    text, reason = _cut(orjson.dumps(doc).decode(), reason)
+    return Rejected(reason=reason, payload=text, topic=f"index:{index}")

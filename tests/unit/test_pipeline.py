@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import orjson
 
 from schemas import Mention, TagReason, mention_id
-from streams.pipeline import RawRecord, prepare, tag
+from streams.pipeline import RawRecord, prepare, refused_document, tag
 
 
 def _record(value: object) -> RawRecord:
@@ -134,3 +134,14 @@ def test_a_rejected_payload_cut_to_size_says_so_in_its_reason() -> None:
     small = b"{" + b"x" * 10
     [kept] = prepare([RawRecord(small, "mentions.raw", 0, 2)])[0].rejected
     assert kept.payload == small.decode() and "cut" not in kept.reason
+
+
+def test_a_refused_document_too_large_for_a_rejection_is_cut_and_says_so() -> None:
+    doc = {"id": "m1", "text": "x" * 200_000}
+    big = refused_document(doc, "mapper_parsing_exception: failed to parse [text]", "earful-mentions")
+    assert len(big.payload) == 100_000 and big.payload.startswith('{"id":"m1"')
+    assert big.reason == ("mapper_parsing_exception: failed to parse [text] "
+                          f"(payload cut to its first 100,000 of {len(orjson.dumps(doc)):,} characters)")
+    assert len(big.model_dump_json()) < 1_000_000  # fits in a Kafka record
+    small = refused_document({"id": "m2"}, "refused", "earful-mentions")
+    assert (small.payload, small.reason, small.topic) == ('{"id":"m2"}', "refused", "index:earful-mentions")
