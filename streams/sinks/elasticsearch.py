@@ -6,7 +6,11 @@ document is either stored or refused for a reason of its own (a mapping error,
 which retrying cannot fix); until then it retries with backoff, so the caller
 acknowledges Kafka records only after their mentions are safe. A whole request
 refused (an overloaded cluster's 429 or 503, an expired API key's 401) is retried
-the same way, and logged as an error when it is about credentials.
+the same way, and logged as an error when it is about credentials. So are documents
+the bulk answer fails one by one for the index's sake rather than their own (a write
+block, a missing index, a key without write rights on a new index): every document
+of the batch fails alike, and refusing them would send valid mentions to the
+rejected topic.
 
 Requests hold at most ``max_docs`` documents and ``max_bytes`` bytes (Elasticsearch's
 advice is a few MB to tens of MB; its own limit, ``http.max_content_length``, is 100 MB
@@ -40,6 +44,10 @@ log = logging.getLogger(__name__)
 #: per-item statuses that a later attempt may fix
 RETRIABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 
+#: per-item error types about the index, the cluster or the worker's rights, never the document
+INDEX_ERROR_TYPES = frozenset({"security_exception", "cluster_block_exception", "index_not_found_exception",
+                               "index_closed_exception", "invalid_index_name_exception"})
+
 
 class WriteAbandoned(Exception):
     """The write gave up between retries because its caller is going away."""
@@ -71,6 +79,24 @@ def _refusal(exc: ApiError) -> str:
                 "EARFUL_ES_API_KEY or EARFUL_ES_USERNAME/EARFUL_ES_PASSWORD and the key's index "
                 "privileges; the batch is held and retried")
     return f"the search server refused the bulk request ({status} {exc.message}); the batch is held and retried"
+
+
+def _index_failure(status: int, error: dict[str, Any]) -> bool:
+    """Whether a document failed for the index's sake, so that the batch is held, not refused.
+
+    - 401 or 403: the credentials, or the key's privileges on this index (a new index after a
+      rollover); a 403 is also a write block (``cluster_block_exception``: a read-only index,
+      or the disk's flood-stage watermark).
+    - 404: the index is missing and may not be created automatically (an ``index`` operation
+      has no other 404).
+    - a closed index, an invalid index name, an alias with no write index.
+
+    Every document of the batch fails alike and goes in once an operator fixes the cluster.
+    Anything else (a mapping error, a document too large, a version conflict) is the
+    document's own, and retrying cannot fix it.
+    """
+    return (status in (401, 403, 404) or error.get("type") in INDEX_ERROR_TYPES
+            or "no write index" in str(error.get("reason", "")))
 
 
 class ElasticsearchSink:
@@ -113,21 +139,34 @@ class ElasticsearchSink:
                 await self._pause(failures, _refusal(exc), abandon, error=exc.status_code in (401, 403))
                 continue
             retry: dict[str, bytes] = {}
+            held = ""  # why the index takes no documents, for the log
+            credentials = False
             for item in items:
                 outcome = item.get("index") or next(iter(item.values()))
                 doc_id = outcome["_id"]
                 status = outcome.get("status", 500)
+                error = outcome.get("error") or {}
                 if status < 300:
                     (result.created if outcome.get("result") == "created" else result.updated).append(doc_id)
                 elif status in RETRIABLE_STATUSES:
                     retry[doc_id] = pending[doc_id]
+                elif _index_failure(status, error):
+                    retry[doc_id] = pending[doc_id]
+                    held = held or f"{status} {error.get('type')}: {error.get('reason')}"
+                    credentials = credentials or status == 401 or error.get("type") == "security_exception"
                 else:
-                    error = outcome.get("error") or {}
                     reason = f"elasticsearch refused the document ({status} {error.get('type')}: {error.get('reason')})"
                     result.refused.append((doc_id, reason))
             if retry:
                 failures += 1
-                await self._pause(failures, f"{len(retry)} documents throttled or failed; retrying", abandon)
+                if held:
+                    hint = ("; check the key's index privileges (EARFUL_ES_API_KEY or "
+                            "EARFUL_ES_USERNAME/EARFUL_ES_PASSWORD)") if credentials else ""
+                    message = (f"the search server refuses writes to {self.index} ({held}){hint}; "
+                               f"{len(retry)} documents held and retried")
+                else:
+                    message = f"{len(retry)} documents throttled or failed; retrying"
+                await self._pause(failures, message, abandon, error=credentials)
             pending = retry
         return result
 

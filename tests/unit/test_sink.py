@@ -20,15 +20,27 @@ def _api_error(status: int) -> ApiError:
     return ApiError(f"status {status}", meta, {"error": {"type": "test"}, "status": status})
 
 
+def _failure(status: int, kind: str, reason: str) -> dict[str, Any]:
+    return {"status": status, "error": {"type": kind, "reason": reason}}
+
+
 class ScriptedClient:
-    """Answers bulk requests from a script of statuses; ``None`` means: index them all."""
+    """Answers bulk requests from a script of statuses; ``None`` means: index them all.
+
+    ``item_failures`` scripts answers that are a 200 whose every item fails alike (``None``:
+    index them); ``bad`` fails the same documents every time.
+    """
 
     def __init__(self, script: list[int | None], too_large_over: int | None = None, *,
-                 max_request_bytes: int | None = None, oversized: frozenset[str] = frozenset()) -> None:
+                 max_request_bytes: int | None = None, oversized: frozenset[str] = frozenset(),
+                 item_failures: list[dict[str, Any] | None] | None = None,
+                 bad: dict[str, dict[str, Any]] | None = None) -> None:
         self.script = script
         self.too_large_over = too_large_over
         self.max_request_bytes = max_request_bytes
         self.oversized = oversized  # documents too large on their own
+        self.item_failures = item_failures or []
+        self.bad = bad or {}
         self.requests: list[list[str]] = []
         self.stored: dict[str, dict[str, Any]] = {}
 
@@ -47,8 +59,12 @@ class ScriptedClient:
             status = 413
         if status is not None:
             raise _api_error(status)
+        failure = self.item_failures.pop(0) if self.item_failures else None
         items = []
         for doc_id, body in zip(ids, operations[1::2], strict=True):
+            if failure or doc_id in self.bad:
+                items.append({"index": {"_id": doc_id, **(failure or self.bad[doc_id])}})
+                continue
             result = "updated" if doc_id in self.stored else "created"
             self.stored[doc_id] = orjson.loads(body)
             items.append({"index": {"_id": doc_id, "status": 201, "result": result}})
@@ -139,3 +155,56 @@ def test_a_write_its_caller_abandons_stops_retrying_and_says_so() -> None:
     with pytest.raises(WriteAbandoned, match="2 documents not stored"):
         asyncio.run(sink.write([{"id": "m0"}, {"id": "m1"}], abandon=abandon))
     assert 1 < len(client.requests) < 100 and not client.stored
+
+
+@pytest.mark.parametrize("failure", [
+    _failure(403, "security_exception", "action [indices:data/write/bulk[s]] is unauthorized for API key id "
+             "[k1] of user [earful] on indices [mentions-000002]"),
+    _failure(403, "cluster_block_exception", "index [mentions] blocked by: [TOO_MANY_REQUESTS/12/disk usage "
+             "exceeded flood-stage watermark, index has read-only-allow-delete block];"),
+    _failure(404, "index_not_found_exception", "no such index [mentions]"),
+    _failure(400, "index_closed_exception", "closed"),
+    _failure(400, "illegal_argument_exception", "no write index is defined for alias [mentions]. The write "
+             "index may be explicitly disabled using is_write_index=false or the alias points to multiple "
+             "indices without one being designated as a write index"),
+], ids=lambda failure: failure["error"]["type"] + (" (alias)" if "alias" in failure["error"]["reason"] else ""))
+def test_documents_failing_for_the_index_sake_are_held_not_refused(
+        failure: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    # A 200 answer whose every item fails because of the index, the cluster or the key's rights.
+    client = ScriptedClient([], item_failures=[failure, failure])
+    with caplog.at_level(logging.WARNING, logger="streams.sinks.elasticsearch"):
+        result = _write(client, 3)
+    assert not result.refused
+    assert sorted(result.created) == ["m0", "m1", "m2"] and result.attempts == 3
+    assert set(client.stored) == {"m0", "m1", "m2"}
+    [record] = caplog.records
+    assert failure["error"]["type"] in record.getMessage() and "held and retried" in record.getMessage()
+
+
+def test_a_key_without_write_rights_on_the_index_is_an_error_naming_the_settings(
+        caplog: pytest.LogCaptureFixture) -> None:
+    failure = _failure(403, "security_exception", "action [indices:data/write/bulk[s]] is unauthorized")
+    client = ScriptedClient([], item_failures=[failure])
+    with caplog.at_level(logging.WARNING, logger="streams.sinks.elasticsearch"):
+        result = _write(client, 2)
+    assert len(result.created) == 2
+    [record] = caplog.records
+    assert record.levelno == logging.ERROR
+    assert "403 security_exception" in record.getMessage() and "EARFUL_ES_API_KEY" in record.getMessage()
+
+
+@pytest.mark.parametrize("failure", [
+    _failure(400, "mapper_parsing_exception", "failed to parse field [published_at] of type [date]"),
+    _failure(400, "document_parsing_exception", "[1:12] failed to parse field [score] of type [float]"),
+    _failure(400, "strict_dynamic_mapping_exception", "mapping set to strict, dynamic introduction of [foo] "
+             "within [_doc] is not allowed"),
+    _failure(400, "illegal_argument_exception", "Limit of total fields [1000] has been exceeded"),
+    _failure(409, "version_conflict_engine_exception", "[m1]: version conflict"),
+], ids=lambda failure: failure["error"]["type"])
+def test_a_document_failing_for_its_own_sake_is_refused_with_its_reason(failure: dict[str, Any]) -> None:
+    client = ScriptedClient([], bad={"m1": failure})
+    result = _write(client, 3)
+    assert sorted(result.created) == ["m0", "m2"] and result.attempts == 1
+    [(doc_id, reason)] = result.refused
+    assert doc_id == "m1" and failure["error"]["type"] in reason and failure["error"]["reason"] in reason
+    assert set(client.stored) == {"m0", "m2"}
