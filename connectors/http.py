@@ -3,6 +3,8 @@
 What a response becomes::
 
     network error, timeout        RetriableError (the runner backs off with jitter)
+    redirect loop, body that      FatalError: that key is skipped this poll and asked again
+      does not decode             on the next (asking again at once would not help)
     429                           RateLimited(retry_after from Retry-After or the rate headers)
     5xx                           RetriableError(retry_after from Retry-After when given)
     401, 403                      FatalError naming the credential (env var) to check
@@ -186,7 +188,7 @@ def _retry_after_only(response: httpx.Response) -> float | None:
     return None if value is None else _bounded(value)
 
 
-def _has_request(exc: httpx.TransportError) -> bool:
+def _has_request(exc: httpx.RequestError) -> bool:
     try:
         exc.request  # noqa: B018 - httpx raises when the error has no request
     except RuntimeError:
@@ -255,6 +257,13 @@ class HttpConnector(Connector):
         except httpx.TransportError as exc:
             host = exc.request.url.host if _has_request(exc) else self.client.base_url.host
             raise RetriableError(f"{self.name}: {type(exc).__name__} talking to {host}: {exc}") from None
+        except httpx.RequestError as exc:
+            # A redirect loop (TooManyRedirects) or a body that is not what its Content-Encoding
+            # says (DecodingError): the server answered, wrongly, and will likely answer the same
+            # way again. It is that key's fault, not the source's: poll skips the key and names
+            # it, the other keys go on, and the key is asked again on the next poll.
+            host = exc.request.url.host if _has_request(exc) else self.client.base_url.host
+            raise FatalError(f"{self.name}: {type(exc).__name__} from {host}: {exc}") from None
         if response.status_code not in allow:
             try:
                 raise_for_status(response, source=self.name, credential=credential or self.credential)
