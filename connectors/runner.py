@@ -42,6 +42,8 @@ _PAGE_OPEN, _PAGE_CLOSE = b'{"mentions":[', b'],"schema_version":1}'  # a page a
 _PAGE_OVERHEAD = len(_PAGE_OPEN) + len(_PAGE_CLOSE)
 #: the largest mention a record can carry: the record's limit less the page around it
 MAX_MENTION_BYTES = MAX_RECORD_BYTES - _PAGE_OVERHEAD
+#: what the rejected topic keeps of something too large for a Kafka record: enough to tell what it was
+KEPT_BYTES = 2000
 
 
 def partition_for(mention_id: str, partitions: int) -> int:
@@ -69,9 +71,9 @@ def encode_pages(mentions: Iterable[Mention], partitions: int) -> Pages:
             doc = mention.model_copy(update={"raw": None}).model_dump_json().encode()
         if len(doc) > MAX_MENTION_BYTES:
             refused.append((mention.source, RejectedItem(
-                payload=doc[:2000].decode(errors="ignore"),
+                payload=doc[:KEPT_BYTES].decode(errors="ignore"),
                 reason=f"mention {mention.id} is {len(doc)} bytes, more than a Kafka record takes "
-                       f"({MAX_MENTION_BYTES} for one mention); its first 2,000 bytes are kept here")))
+                       f"({MAX_MENTION_BYTES} for one mention); its first {KEPT_BYTES:,} bytes are kept here")))
             continue
         by_partition[partition_for(mention.id, partitions)].append(doc)
     records: list[tuple[int, bytes]] = []
@@ -91,6 +93,28 @@ def encode_pages(mentions: Iterable[Mention], partitions: int) -> Pages:
 
 def _page(docs: list[bytes]) -> bytes:
     return _PAGE_OPEN + b",".join(docs) + _PAGE_CLOSE
+
+
+def rejected_record(item: RejectedItem, source: str) -> bytes:
+    """The rejected item as a record of the rejected topic.
+
+    A native item too large for a Kafka record (a post with a megabyte of HTML) keeps the first
+    KEPT_BYTES of its payload, and its reason says so: Kafka would refuse the whole record, the
+    source would keep its cursor and read the same page again at every poll."""
+    value = _rejected(source, item.reason, item.payload)
+    if len(value) <= MAX_RECORD_BYTES:
+        return value
+    size = len(item.payload.encode())
+    log.warning("%s: a rejected item is %d bytes, more than a Kafka record takes: its first %d bytes are kept",
+                source, size, KEPT_BYTES)
+    # The reason is cut too: it is the connector's error text, which may quote the item.
+    reason = (f"{item.reason[:KEPT_BYTES]} (too large for a Kafka record: "
+              f"kept its first {KEPT_BYTES:,} of {size:,} bytes)")
+    return _rejected(source, reason, item.payload.encode()[:KEPT_BYTES].decode(errors="ignore"))
+
+
+def _rejected(source: str, reason: str, payload: str) -> bytes:
+    return Rejected(reason=reason, payload=payload, topic=f"connector:{source}").model_dump_json().encode()
 
 
 class Delivery:
@@ -148,12 +172,8 @@ class MentionProducer:
         return delivery
 
     def send_rejected(self, items: Iterable[RejectedItem], *, source: str) -> Delivery:
-        futures = []
-        for item in items:
-            record = Rejected(reason=item.reason, payload=item.payload, topic=f"connector:{source}")
-            futures.append(self._producer.send(
-                self.topic_rejected, key=source.encode(), value=record.model_dump_json().encode()))
-        return Delivery(futures)
+        return Delivery(self._producer.send(self.topic_rejected, key=source.encode(),
+                                            value=rejected_record(item, source)) for item in items)
 
     def send_status(self, status: dict[str, Any]) -> None:
         if self.topic_status:
