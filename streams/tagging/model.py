@@ -22,6 +22,9 @@ embeddings (all-MiniLM-L6-v2, see :mod:`streams.tagging.encoder`) instead of TF-
 the model's probability is the weighted mean of the two (``embedding_weight`` for the
 embeddings). It costs tens of posts per second per core to encode, so it suits
 backtests and moderate streams; the TF-IDF tier alone runs at thousands per second.
+Also optionally (``params["fine_tune"]``, exclusive labels only), the encoder itself is
+fine-tuned on the labels (:mod:`streams.tagging.finetune`) and joins the blend with
+``fine_tune_weight`` of it; the other members keep their proportions of the rest.
 
 Each topic gets its own threshold, chosen on cross-validated predictions over the
 training rows only, for the decision the tagger actually makes ("a rule matched, or the
@@ -150,6 +153,11 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "embedding": None,
     "embedding_weight": 0.2,  # its share of the blended probability (airline train CV: 0.2 > 0.3 > 0.4)
     "embedding_C": 4.0,
+    # Optional fine-tuned encoder (streams.tagging.finetune): 0, or the epochs to train it.
+    "fine_tune": 0,
+    # Its share of the blend (the others keep their proportions). Airline train split, 5-fold
+    # CV, TF-IDF + fine-tuned: 0.3 (0.557) > 0.35 > 0.25 > 0.4 > 0.2 (0.548).
+    "fine_tune_weight": 0.3,
 }
 NO_LABEL = ""  # the class of a post without a label, in the exclusive shape
 
@@ -268,7 +276,8 @@ def _classifier(params: dict[str, Any], exclusive: bool, C: float, gate_C: float
     )
 
 
-def _pipeline(params: dict[str, Any], exclusive: bool = False) -> Any:
+def _pipeline(params: dict[str, Any], exclusive: bool = False,
+              progress: Callable[[str], None] | None = None) -> Any:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.pipeline import FeatureUnion, Pipeline
 
@@ -282,14 +291,21 @@ def _pipeline(params: dict[str, Any], exclusive: bool = False) -> Any:
     )
     words = Pipeline([("features", features),
                       ("clf", _classifier(params, exclusive, params["C"], params["gate_C"]))])
-    if not params.get("embedding"):
-        return words
-    from streams.tagging.encoder import SentenceEmbedding
+    members: list[tuple[str, Any, float]] = [("tfidf", words, 1.0)]
+    if params.get("embedding"):
+        from streams.tagging.encoder import SentenceEmbedding
 
-    meaning = Pipeline([("embed", SentenceEmbedding(params["embedding"])),
-                        ("clf", _classifier(params, exclusive, params["embedding_C"], params["embedding_C"]))])
-    weight = float(params["embedding_weight"])
-    return Blend([("tfidf", words, 1.0 - weight), ("embedding", meaning, weight)])
+        meaning = Pipeline([("embed", SentenceEmbedding(params["embedding"])),
+                            ("clf", _classifier(params, exclusive, params["embedding_C"], params["embedding_C"]))])
+        weight = float(params["embedding_weight"])
+        members = [("tfidf", words, 1.0 - weight), ("embedding", meaning, weight)]
+    if params.get("fine_tune"):
+        from streams.tagging.finetune import FineTunedClassifier
+
+        weight = float(params["fine_tune_weight"])
+        members = [(name, estimator, share * (1.0 - weight)) for name, estimator, share in members]
+        members.append(("fine_tuned", FineTunedClassifier(epochs=int(params["fine_tune"]), progress=progress), weight))
+    return words if len(members) == 1 else Blend(members)
 
 
 def _best_threshold(y: np.ndarray, prob: np.ndarray, ruled: np.ndarray) -> float:
@@ -372,18 +388,32 @@ def train(
     else:
         shape = "one model per topic"
     texts = list(texts)
+    if p["fine_tune"]:  # before minutes of other work
+        if not p["exclusive"]:
+            raise ModelError("fine-tuning needs labels that exclude each other (at most one per post)")
+        from streams.tagging import finetune
+
+        try:
+            finetune.check()
+        except finetune.FineTuneError as exc:
+            raise ModelError(str(exc)) from exc
     if p["embedding"]:
         p["embedding_fingerprint"] = _encode_ahead(texts, p["embedding"], say)
         shape += f", blended with sentence embeddings ({p['embedding_weight']:g})"
+    if p["fine_tune"]:
+        shape += (f", blended with the sentence encoder fine-tuned for {p['fine_tune']} epochs"
+                  f" ({p['fine_tune_weight']:g}; minutes per fold)")
     say(f"cross-validating {len(texts)} examples, {len(topics)} topics, {shape}")
     cv_prob = np.zeros((len(texts), len(topics)))
-    for fit_rows, held_rows in folds.split(texts, target):
-        fold = _pipeline(p, p["exclusive"]).fit([texts[i] for i in fit_rows], target[fit_rows])
+    for number, (fit_rows, held_rows) in enumerate(folds.split(texts, target), 1):
+        if p["fine_tune"]:
+            say(f"fold {number} of {p['cv_folds']}")
+        fold = _pipeline(p, p["exclusive"], say).fit([texts[i] for i in fit_rows], target[fit_rows])
         held = np.asarray(fold.predict_proba([texts[i] for i in held_rows]))
         cv_prob[held_rows] = _topic_columns(getattr(fold, "classes_", None), held, topics)
     thresholds = {t: _best_threshold(y[:, i], cv_prob[:, i], ruled[:, i]) for i, t in enumerate(topics)}
     say("fitting on all training examples")
-    pipeline = _pipeline(p, p["exclusive"]).fit(list(texts), target)
+    pipeline = _pipeline(p, p["exclusive"], say).fit(list(texts), target)
     digest = hashlib.sha256()
     digest.update(json.dumps([taxonomy_hash, p, topics], sort_keys=True).encode())
     for text, ls in zip(texts, labels, strict=True):
