@@ -46,7 +46,10 @@ RETRIABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 #: per-item error types about the index, the cluster or the worker's rights, never the document
 INDEX_ERROR_TYPES = frozenset({"security_exception", "cluster_block_exception", "index_not_found_exception",
-                               "index_closed_exception", "invalid_index_name_exception"})
+                               "index_closed_exception", "invalid_index_name_exception",
+                               "strict_dynamic_mapping_exception"})
+#: how an ``illegal_argument_exception`` about the index, not the document, begins
+INDEX_ARGUMENT_ERRORS = ("no write index is defined", "Limit of total fields")
 
 
 class WriteAbandoned(Exception):
@@ -90,13 +93,18 @@ def _index_failure(status: int, error: dict[str, Any]) -> bool:
     - 404: the index is missing and may not be created automatically (an ``index`` operation
       has no other 404).
     - a closed index, an invalid index name, an alias with no write index.
+    - a mapping older than the worker: a field the index does not know yet under
+      ``dynamic: strict`` (documents are built from validated mentions, so only the index
+      can be behind), or the index's total-fields limit reached as the taxonomy grew.
 
-    Every document of the batch fails alike and goes in once an operator fixes the cluster.
-    Anything else (a mapping error, a document too large, a version conflict) is the
-    document's own, and retrying cannot fix it.
+    Every document of the batch fails alike and goes in once an operator fixes the cluster
+    (``earful setup`` updates the mapping). Anything else (a field that does not parse, a
+    document too large, a version conflict) is the document's own, and retrying cannot fix it.
     """
-    return (status in (401, 403, 404) or error.get("type") in INDEX_ERROR_TYPES
-            or "no write index" in str(error.get("reason", "")))
+    kind = error.get("type")
+    return (status in (401, 403, 404) or kind in INDEX_ERROR_TYPES
+            or (kind == "illegal_argument_exception"
+                and str(error.get("reason", "")).startswith(INDEX_ARGUMENT_ERRORS)))
 
 
 class ElasticsearchSink:
@@ -120,6 +128,7 @@ class ElasticsearchSink:
         result = WriteResult()
         pending = {doc["id"]: orjson.dumps(doc) for doc in docs}  # last copy of an id wins
         failures = 0
+        holding = False  # the last attempt was held for the index's sake
         while pending:
             if failures and abandon is not None and abandon():
                 raise WriteAbandoned(f"{len(pending)} documents not stored")
@@ -166,7 +175,11 @@ class ElasticsearchSink:
                                f"{len(retry)} documents held and retried")
                 else:
                     message = f"{len(retry)} documents throttled or failed; retrying"
-                await self._pause(failures, message, abandon, error=credentials)
+                # An index refusing writes stops the worker until an operator acts: an error,
+                # said as soon as it starts rather than at the next tenth attempt.
+                await self._pause(failures, message, abandon, error=bool(held) or credentials,
+                                  say=bool(held) and not holding)
+                holding = bool(held)
             pending = retry
         return result
 
@@ -215,9 +228,9 @@ class ElasticsearchSink:
         return response["items"], True
 
     async def _pause(self, failures: int, message: str, abandon: Callable[[], bool] | None = None, *,
-                     error: bool = False) -> None:
+                     error: bool = False, say: bool = False) -> None:
         delay = random.uniform(0.5, 1.0) * min(self.max_backoff, 0.2 * 2 ** min(failures, 10))
-        if failures == 1 or failures % 10 == 0:
+        if say or failures == 1 or failures % 10 == 0:
             log.log(logging.ERROR if error else logging.WARNING, "%s (attempt %d, next in %.1fs)",
                     message, failures, delay)
         deadline = time.monotonic() + delay

@@ -167,7 +167,12 @@ def test_a_write_its_caller_abandons_stops_retrying_and_says_so() -> None:
     _failure(400, "illegal_argument_exception", "no write index is defined for alias [mentions]. The write "
              "index may be explicitly disabled using is_write_index=false or the alias points to multiple "
              "indices without one being designated as a write index"),
-], ids=lambda failure: failure["error"]["type"] + (" (alias)" if "alias" in failure["error"]["reason"] else ""))
+    # The index's mapping is older than the worker: every (validated) document fails alike.
+    _failure(400, "strict_dynamic_mapping_exception", "mapping set to strict, dynamic introduction of [foo] "
+             "within [_doc] is not allowed"),
+    _failure(400, "illegal_argument_exception", "Limit of total fields [1000] has been exceeded"),
+], ids=lambda failure: failure["error"]["type"] + (" (alias)" if "alias" in failure["error"]["reason"] else "")
+   + (" (fields)" if "Limit" in failure["error"]["reason"] else ""))
 def test_documents_failing_for_the_index_sake_are_held_not_refused(
         failure: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
     # A 200 answer whose every item fails because of the index, the cluster or the key's rights.
@@ -179,6 +184,21 @@ def test_documents_failing_for_the_index_sake_are_held_not_refused(
     assert set(client.stored) == {"m0", "m1", "m2"}
     [record] = caplog.records
     assert failure["error"]["type"] in record.getMessage() and "held and retried" in record.getMessage()
+    assert record.levelno == logging.ERROR  # the worker stops until an operator acts
+
+
+def test_an_index_hold_is_said_when_it_starts_not_at_the_next_tenth_attempt(
+        caplog: pytest.LogCaptureFixture) -> None:
+    busy = _failure(429, "es_rejected_execution_exception", "rejected execution of coordinating operation")
+    block = _failure(403, "cluster_block_exception", "index [mentions] blocked by: [FORBIDDEN/8/index write (api)];")
+    client = ScriptedClient([], item_failures=[busy, block, block, block])
+    with caplog.at_level(logging.WARNING, logger="streams.sinks.elasticsearch"):
+        result = _write(client, 2)
+    assert len(result.created) == 2 and result.attempts == 5
+    said = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert len(said) == 2
+    assert said[0][0] == logging.WARNING and "throttled or failed" in said[0][1] and "attempt 1" in said[0][1]
+    assert said[1][0] == logging.ERROR and "cluster_block_exception" in said[1][1] and "attempt 2" in said[1][1]
 
 
 def test_a_key_without_write_rights_on_the_index_is_an_error_naming_the_settings(
@@ -196,14 +216,17 @@ def test_a_key_without_write_rights_on_the_index_is_an_error_naming_the_settings
 @pytest.mark.parametrize("failure", [
     _failure(400, "mapper_parsing_exception", "failed to parse field [published_at] of type [date]"),
     _failure(400, "document_parsing_exception", "[1:12] failed to parse field [score] of type [float]"),
-    _failure(400, "strict_dynamic_mapping_exception", "mapping set to strict, dynamic introduction of [foo] "
-             "within [_doc] is not allowed"),
-    _failure(400, "illegal_argument_exception", "Limit of total fields [1000] has been exceeded"),
+    _failure(400, "illegal_argument_exception", "field [text] is too long; no write index is defined"),
+    _failure(400, "mapper_parsing_exception", "failed to parse field [created_at]. Preview of field's "
+             "value: 'no write index is defined'"),
     _failure(409, "version_conflict_engine_exception", "[m1]: version conflict"),
 ], ids=lambda failure: failure["error"]["type"])
 def test_a_document_failing_for_its_own_sake_is_refused_with_its_reason(failure: dict[str, Any]) -> None:
     client = ScriptedClient([], bad={"m1": failure})
-    result = _write(client, 3)
+    sink = ElasticsearchSink(client, "mentions", max_backoff=0.001)  # type: ignore[arg-type]
+    # Held by mistake, it would be retried for ever: give up after a few tries, and fail.
+    result = asyncio.run(sink.write([{"id": f"m{i}", "text": f"post {i}"} for i in range(3)],
+                                    abandon=lambda: len(client.requests) > 5))
     assert sorted(result.created) == ["m0", "m2"] and result.attempts == 1
     [(doc_id, reason)] = result.refused
     assert doc_id == "m1" and failure["error"]["type"] in reason and failure["error"]["reason"] in reason
