@@ -11,17 +11,19 @@ Training needs PyTorch (``pip install 'earful[finetune]'``); only ``earful train
 numpy through :class:`streams.tagging.encoder.MiniLM`, and the worker needs no PyTorch.
 Its weights (float16, about 42 MB compressed) and tokenizer travel inside the model file.
 
-The recipe is the usual one for fine-tuning a BERT-sized encoder, not tuned on any
-held-out posts: AdamW, a learning rate of 5e-5 for the encoder and 2e-3 for the new head,
-warm-up over the first 6% of steps then a linear decay, 3 epochs of batches of 32,
-dropout 0.1, and class weights of sqrt(largest class / class) so rare reasons are heard
-without being shouted.
+The recipe takes common defaults for fine-tuning a BERT-sized encoder and was not tuned
+on any held-out posts: AdamW (weight decay 0.01 on every weight), a learning rate of 5e-5
+for the encoder and 2e-3 for the new head, warm-up over the first 6% of steps then a linear
+decay, 3 epochs of batches of 32, dropout 0.1 after each layer's attention and feed-forward
+output and before the head (none on the attention weights), and class weights of
+sqrt(largest class / class) so rare reasons are heard without being shouted.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,6 +34,8 @@ from streams.tagging import encoder
 from streams.tagging.encoder import _EPS, _HEADS, _HIDDEN, _LAYERS
 
 INSTALL_HINT = "pip install 'earful[finetune]' (PyTorch)"
+# The worker tags from several threads: one of them builds a model's numpy encoder, once.
+_BUILDING = threading.Lock()
 
 
 class FineTuneError(RuntimeError):
@@ -196,11 +200,15 @@ class FineTunedClassifier:
     def encoder(self) -> encoder.MiniLM:
         """The fine-tuned encoder in numpy (built once per process, with its own cache)."""
         enc = self.__dict__.get("_encoder")
-        if enc is None:
-            from tokenizers import Tokenizer
+        if enc is not None:
+            return enc
+        with _BUILDING:
+            enc = self.__dict__.get("_encoder")
+            if enc is None:
+                from tokenizers import Tokenizer
 
-            enc = encoder.MiniLM(self.weights_, Tokenizer.from_str(self.tokenizer_), self.fingerprint_)
-            self.__dict__["_encoder"] = enc
+                enc = encoder.MiniLM(self.weights_, Tokenizer.from_str(self.tokenizer_), self.fingerprint_)
+                self.__dict__["_encoder"] = enc
         return enc
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:

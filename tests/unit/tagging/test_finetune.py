@@ -111,3 +111,12 @@ def test_fine_tuning_refuses_labels_that_do_not_exclude_each_other() -> None:
     labels = [frozenset({"cancelled_flight", "lost_luggage"})] + [frozenset({"lost_luggage"})] * 4
     with pytest.raises(model_mod.ModelError, match="labels that exclude each other"):
         model_mod.train(LUGGAGE, labels, ["cancelled_flight", "lost_luggage"], params={"fine_tune": 1})
+
+
+def test_threads_tagging_at_once_share_one_numpy_encoder(fitted: finetune.FineTunedClassifier) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    back = pickle.loads(pickle.dumps(fitted))  # no encoder built yet
+    with ThreadPoolExecutor(4) as pool:
+        built = list(pool.map(lambda _: back.encoder(), range(8)))
+    assert all(enc is built[0] for enc in built)
