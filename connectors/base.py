@@ -31,7 +31,9 @@ class ConnectorError(Exception):
 
 
 class FatalError(ConnectorError):
-    """The connector cannot work as configured (bad credentials, bad query, gone API)."""
+    """The connector cannot work as configured (bad credentials, bad query, gone API), or the
+    server answers in a way an immediate retry will not fix (a redirect loop, a body that does
+    not decode). A source with several keys skips the failing key and names it."""
 
 
 class RetriableError(ConnectorError):
