@@ -12,8 +12,12 @@ import pytest
 import torch  # make install puts PyTorch (the CPU build) in .venv for these tests
 from safetensors.numpy import load_file
 
-from streams.tagging import encoder, finetune
+from streams.settings import PROJECT_ROOT
+from streams.tagging import Tagger, encoder, finetune
 from streams.tagging import model as model_mod
+from streams.tagging import taxonomy as taxonomy_mod
+
+AIRLINE = PROJECT_ROOT / "deploy" / "taxonomies" / "airline.yaml"
 
 CANCELLED = ["my flight was cancelled again", "they cancelled the 6am flight", "flight cancelled and no rebooking",
              "cancelled flightled, stuck at the gate", "why cancel my flight with no notice"]
@@ -70,7 +74,9 @@ def test_a_model_with_the_fine_tuned_member_trains_saves_and_loads(tmp_path: Pat
     texts = (CANCELLED + LUGGAGE + OTHER) * 2
     labels = [frozenset({"cancelled_flight"})] * 5 + [frozenset({"lost_luggage"})] * 5 + [frozenset()] * 5
     said: list[str] = []
+    tax = taxonomy_mod.load(AIRLINE)
     model = model_mod.train(texts, labels * 2, ["cancelled_flight", "lost_luggage"], name="t",
+                            taxonomy=tax.name, taxonomy_hash=tax.content_hash,
                             params={"fine_tune": 1, "fine_tune_weight": 0.6, "cv_folds": 2},
                             progress=said.append)
     members = {name: weight for name, _estimator, weight in model.pipeline.members}
@@ -88,6 +94,19 @@ def test_a_model_with_the_fine_tuned_member_trains_saves_and_loads(tmp_path: Pat
                                    model.meta.topics)
     got = np.array([[row[t] for t in model.meta.topics] for row in model.predict(probe)])
     np.testing.assert_allclose(got, own, rtol=1e-6)
+    # The worker's path: the tagger loads the file and scores with the whole blend.
+    tagger = Tagger.load(AIRLINE, tmp_path / "m.joblib", enrich=False)
+    compared = 0
+    for result, row in zip(tagger.tag_many(probe), got, strict=True):
+        for topic, p in zip(model.meta.topics, row, strict=True):
+            if topic in result.scores and result.scores[topic] < 1.0:  # 1.0: a rule matched
+                assert result.scores[topic] == pytest.approx(p, abs=5e-5)  # scores keep 4 decimals
+                compared += 1
+        model_tags = {w.topic for w in result.why if w.tier == "model"}
+        assert model_tags == {t for t, p in zip(model.meta.topics, row, strict=True)
+                              if p >= model.meta.thresholds[t] and t not in {w.topic for w in result.why
+                                                                              if w.tier == "rule"}}
+    assert compared
 
 
 def test_without_pytorch_training_stops_at_once_with_the_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
