@@ -163,14 +163,7 @@ class MiniLM:
         fresh = sorted(todo, key=len)  # similar lengths share a batch: little padding
         for start in range(0, len(fresh), batch_size):
             chunk = fresh[start : start + batch_size]
-            encoded = self._tok.encode_batch(chunk)
-            length = max(1, max(len(e.ids) for e in encoded))
-            ids = np.zeros((len(chunk), length), dtype=np.int64)
-            mask = np.zeros((len(chunk), length), dtype=np.float32)
-            for row, e in enumerate(encoded):
-                ids[row, : len(e.ids)] = e.ids
-                mask[row, : len(e.ids)] = 1.0
-            vectors = self._forward(ids, mask)
+            vectors = self._forward(*token_batch(self._tok, chunk))
             with self._lock:
                 for text, vector in zip(chunk, vectors, strict=True):
                     for i in todo[text]:
@@ -181,6 +174,18 @@ class MiniLM:
             if progress:
                 progress(len(chunk))
         return out
+
+
+def token_batch(tokenizer: Any, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and attention mask of the texts, padded to the longest (at least one column)."""
+    encoded = tokenizer.encode_batch(list(texts))
+    length = max(1, max(len(e.ids) for e in encoded))
+    ids = np.zeros((len(texts), length), dtype=np.int64)
+    mask = np.zeros((len(texts), length), dtype=np.float32)
+    for row, e in enumerate(encoded):
+        ids[row, : len(e.ids)] = e.ids
+        mask[row, : len(e.ids)] = 1.0
+    return ids, mask
 
 
 @lru_cache(maxsize=1)

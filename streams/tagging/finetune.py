@@ -90,17 +90,6 @@ def _forward(torch: Any, w: dict[str, Any], ids: Any, mask: Any, dropout: float)
     return pooled / pooled.norm(dim=1, keepdim=True).clamp(min=1e-12)
 
 
-def _batch(tokenizer: Any, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    encoded = tokenizer.encode_batch(list(texts))
-    length = max(1, max(len(e.ids) for e in encoded))
-    ids = np.zeros((len(texts), length), dtype=np.int64)
-    mask = np.zeros((len(texts), length), dtype=np.float32)
-    for row, e in enumerate(encoded):
-        ids[row, : len(e.ids)] = e.ids
-        mask[row, : len(e.ids)] = 1.0
-    return ids, mask
-
-
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = np.exp(logits - logits.max(1, keepdims=True))
     return z / z.sum(1, keepdims=True)
@@ -172,7 +161,7 @@ class FineTunedClassifier:
             order, total = rng.permutation(len(texts)), 0.0
             for start in range(0, len(order), self.batch_size):
                 rows = order[start : start + self.batch_size]
-                ids, mask = _batch(tokenizer, [texts[i] for i in rows])
+                ids, mask = encoder.token_batch(tokenizer, [texts[i] for i in rows])
                 pooled = _forward(torch, w, torch.from_numpy(ids), torch.from_numpy(mask), self.dropout)
                 logits = head(torch.nn.functional.dropout(pooled, self.dropout, True)) * self.scale
                 loss = loss_of(logits, torch.from_numpy(target[rows]))

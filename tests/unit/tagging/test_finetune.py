@@ -51,7 +51,7 @@ def test_the_numpy_encoder_runs_what_pytorch_trained(fitted: finetune.FineTunedC
 
     texts = ["a short one", "a somewhat longer post about a cancelled flight and a lost bag, padded"]
     weights = {k: torch.tensor(v.astype(np.float32)) for k, v in fitted.weights_.items()}
-    ids, mask = finetune._batch(Tokenizer.from_str(fitted.tokenizer_), texts)
+    ids, mask = encoder.token_batch(Tokenizer.from_str(fitted.tokenizer_), texts)
     with torch.no_grad():
         pooled = finetune._forward(torch, weights, torch.from_numpy(ids), torch.from_numpy(mask), 0.0).numpy()
     expected = finetune._softmax(fitted.scale * (pooled @ fitted.head_weight_.T + fitted.head_bias_))
