@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -84,14 +85,20 @@ def test_a_refused_bulk_request_is_retried_until_the_server_takes_it() -> None:
     assert set(client.stored) == {"m0", "m1", "m2"}
 
 
-def test_refused_credentials_are_an_error_naming_the_settings(caplog: pytest.LogCaptureFixture) -> None:
-    client = ScriptedClient([401, None])
+@pytest.mark.parametrize(("client", "says"), [
+    (lambda: ScriptedClient([401, None]), "credentials (401"),
+    # A key without write rights on the index: a 200 whose every item is refused.
+    (lambda: ScriptedClient([], item_failures=[_failure(
+        403, "security_exception", "action [indices:data/write/bulk[s]] is unauthorized")]), "403 security_exception"),
+], ids=["request", "items"])
+def test_refused_credentials_are_an_error_naming_the_settings(
+        client: Callable[[], ScriptedClient], says: str, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="streams.sinks.elasticsearch"):
-        result = _write(client, 2)
+        result = _write(client(), 2)
     assert len(result.created) == 2
     [record] = caplog.records
     assert record.levelno == logging.ERROR
-    assert "credentials (401" in record.getMessage() and "EARFUL_ES_API_KEY" in record.getMessage()
+    assert says in record.getMessage() and "EARFUL_ES_API_KEY" in record.getMessage()
 
 
 def test_a_request_too_large_is_split() -> None:
@@ -199,18 +206,6 @@ def test_an_index_hold_is_said_when_it_starts_not_at_the_next_tenth_attempt(
     assert len(said) == 2
     assert said[0][0] == logging.WARNING and "throttled or failed" in said[0][1] and "attempt 1" in said[0][1]
     assert said[1][0] == logging.ERROR and "cluster_block_exception" in said[1][1] and "attempt 2" in said[1][1]
-
-
-def test_a_key_without_write_rights_on_the_index_is_an_error_naming_the_settings(
-        caplog: pytest.LogCaptureFixture) -> None:
-    failure = _failure(403, "security_exception", "action [indices:data/write/bulk[s]] is unauthorized")
-    client = ScriptedClient([], item_failures=[failure])
-    with caplog.at_level(logging.WARNING, logger="streams.sinks.elasticsearch"):
-        result = _write(client, 2)
-    assert len(result.created) == 2
-    [record] = caplog.records
-    assert record.levelno == logging.ERROR
-    assert "403 security_exception" in record.getMessage() and "EARFUL_ES_API_KEY" in record.getMessage()
 
 
 @pytest.mark.parametrize("failure", [
