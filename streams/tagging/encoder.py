@@ -77,13 +77,14 @@ class MiniLM:
         """From the model's weights by name (as in ``model.safetensors``) and its tokenizer."""
         self.fingerprint = fingerprint
         w = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
-        self._w = w
         # Linear layers as (in, out) matrices, so a batch is x @ W + b.
         self._linear = {
             k[: -len(".weight")]: (np.ascontiguousarray(v.T), w[k[: -len(".weight")] + ".bias"])
             for k, v in w.items()
             if k.endswith(".weight") and v.ndim == 2 and not k.startswith("embeddings.")
         }
+        # The rest (embeddings, layer norms); the linear weights are kept once, transposed.
+        self._w = {k: v for k, v in w.items() if k[: -len(".weight")] not in self._linear}
         self._tok = tokenizer
         self._tok.enable_truncation(max_length=MAX_TOKENS)
         self._tok.no_padding()
