@@ -177,8 +177,7 @@ class ElasticsearchSink:
                     message = f"{len(retry)} documents throttled or failed; retrying"
                 # An index refusing writes stops the worker until an operator acts: an error,
                 # said as soon as it starts rather than at the next tenth attempt.
-                await self._pause(failures, message, abandon, error=bool(held) or credentials,
-                                  say=bool(held) and not holding)
+                await self._pause(failures, message, abandon, error=bool(held), say=bool(held) and not holding)
                 holding = bool(held)
             pending = retry
         return result

@@ -26,6 +26,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,11 +51,12 @@ def _torch() -> Any:
     return torch
 
 
-def check() -> None:
-    """Raise FineTuneError now if fine-tuning could not run (before minutes of other work)."""
+def check() -> Path:
+    """The published weights' folder, or FineTuneError now if fine-tuning could not run
+    (before minutes of other work)."""
     _torch()
     try:
-        encoder._model_dir()
+        return encoder._model_dir()
     except encoder.EncoderError as exc:
         raise FineTuneError(str(exc)) from exc
 
@@ -127,10 +129,7 @@ class FineTunedClassifier:
         from safetensors.numpy import load_file
         from tokenizers import Tokenizer
 
-        try:
-            base = encoder._model_dir()
-        except encoder.EncoderError as exc:
-            raise FineTuneError(str(exc)) from exc
+        base = check()
         texts = list(texts)
         self.classes_, target = np.unique(np.asarray(y), return_inverse=True)
         counts = np.bincount(target, minlength=len(self.classes_)).astype(float)

@@ -137,6 +137,9 @@ def load(path: Path) -> TopicModel:
         if installed != params.get("embedding_fingerprint"):
             raise ModelError(f"{path} was trained with sentence encoder {params.get('embedding_fingerprint')}, "
                              f"but {installed} is installed: {encoder.INSTALL_HINT}, or retrain")
+    for _name, member, _weight in getattr(blob["pipeline"], "members", ()):
+        if hasattr(member, "encoder"):  # a fine-tuned member: its numpy encoder now, not on the first post
+            member.encoder()
     return TopicModel(blob["pipeline"], ModelMeta(**meta))
 
 
