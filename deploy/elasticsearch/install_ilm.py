@@ -1,8 +1,9 @@
 """Install the ILM policy for earful-mentions and switch the index to rollover behind an alias.
 
 Production only: the embedded dev search server has no ILM, so ``earful setup`` does not
-do this. Run it once on a fresh cluster *before* the first ``earful setup``, and again after
-upgrading earful (it re-reads the mapping from ``schemas/``); it is idempotent.
+do this. Run it once on a fresh cluster *before* the first ``earful setup`` (with compose,
+before the first ``up -d --build``, which runs setup at once: see deploy/README.md), and again
+after upgrading earful (it re-reads the mapping from ``schemas/``); it is idempotent.
 
     python deploy/elasticsearch/install_ilm.py            # same EARFUL_ES_* settings as earful
 
