@@ -155,13 +155,16 @@ class BlueskyConnector(HttpConnector):
         author = post.get("author") or {}
         handle = author.get("handle") or author.get("did")
         rkey = str(post["uri"]).rsplit("/", 1)[-1]
+        # bsky.app opens a post by its author's DID (at://<did>/app.bsky.feed.post/<rkey>) as well as
+        # by handle: with pseudonymous authors the link names the DID, which the post's id holds anyway.
+        repo = str(post["uri"]).removeprefix("at://").split("/", 1)[0]
+        profile = repo if self.pseudonymise.hides and repo.startswith("did:") else author.get("handle") or author.get("did")
         langs = record.get("langs") or []
         parent = ((record.get("reply") or {}).get("parent") or {}).get("uri")
         return Mention.build(
             source=SOURCE, native_id=str(post["uri"]), text=text,
             created_at=parse_timestamp(record.get("createdAt") or post.get("indexedAt")),
-            url=f"https://bsky.app/profile/{author.get('handle') or author.get('did')}/post/{rkey}"
-            if handle else None,
+            url=f"https://bsky.app/profile/{profile}/post/{rkey}" if profile else None,
             author=self.author(handle), lang=str(langs[0])[:16] if langs else None, reply_to=parent,
             engagement=Engagement(likes=post.get("likeCount"), reposts=post.get("repostCount"),
                                   replies=post.get("replyCount")),

@@ -82,6 +82,11 @@ class Pseudonymiser:
     def __init__(self, key: SecretStr | None) -> None:
         self._key = key.get_secret_value().encode() if key is not None else None
 
+    @property
+    def hides(self) -> bool:
+        """Whether handles are replaced: a connector then builds post links without them where it can."""
+        return self._key is not None
+
     def __call__(self, handle: str | None) -> str | None:
         if not handle:
             return None

@@ -82,7 +82,9 @@ class XConnector(BearerConnector):
         return Mention.build(
             source=SOURCE, native_id=str(tweet["id"]), text=text,
             created_at=parse_timestamp(tweet.get("created_at")),
-            url=f"https://x.com/{username or 'i/web'}/status/{tweet['id']}",
+            # x.com/i/web/status/<id> opens the same post without naming its author.
+            url=f"https://x.com/{'i/web' if self.pseudonymise.hides or not username else username}"
+                f"/status/{tweet['id']}",
             author=self.author(f"@{username}" if username else tweet.get("author_id")),
             lang=tweet.get("lang") if tweet.get("lang") not in (None, "und", "zxx") else None,
             reply_to=refs.get("replied_to"), repost_of=refs.get("retweeted") or refs.get("quoted"),

@@ -16,10 +16,11 @@ from schemas import Mention, utcnow
 KEY = SecretStr("author-hash-key-for-tests")
 ANON = Pseudonymiser(KEY)
 
-# Where a platform's post address itself carries the author's handle (https://aus.social/@kaz/...,
-# https://bsky.app/profile/<handle>/post/..., https://x.com/<username>/status/...): the link is
-# kept, since an alert's samples must open the post, so the handle may appear there and only there.
-HANDLE_IN_ADDRESS = {"mastodon": {"url", "native_id"}, "bluesky": {"url"}, "x": {"url"}}
+# Where a platform's post address itself carries the author's handle (https://aus.social/@kaz/...):
+# the link is kept, since an alert's samples must open the post, so the handle may appear there and
+# only there. X and Bluesky links open the post without it (x.com/i/web/status/<id>,
+# bsky.app/profile/<did>/post/<rkey>), so theirs are checked like every other field.
+HANDLE_IN_ADDRESS = {"mastodon": {"url", "native_id"}}
 # An RSS "author" is the publisher (or the feed's title), which the headline itself names.
 PUBLISHER_IS_AUTHOR = {"rss"}
 
@@ -102,3 +103,18 @@ def test_a_replayed_mention_with_an_author_is_relabelled_with_the_key(tmp_path: 
     relabelled = connector._relabel(given, lap)
     assert relabelled.author == ANON("@Kaz_The_Taxpayer") and relabelled.author.startswith("anon:")  # type: ignore[union-attr]
     assert "kaz_the_taxpayer" not in relabelled.model_dump_json().lower()
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.id in ("x", "bluesky")], ids=lambda c: c.id, indirect=True)
+async def test_a_pseudonymised_link_still_opens_the_same_post(case: Case) -> None:
+    plain = await _read(case, None)
+    keyed = await _read(case, KEY)
+    for native_id, mention in keyed.items():
+        assert mention.url and plain[native_id].url
+        if case.id == "x":
+            assert mention.url == f"https://x.com/i/web/status/{native_id}"
+        else:  # at://<did>/app.bsky.feed.post/<rkey>
+            did, _, rkey = native_id.removeprefix("at://").split("/")
+            assert mention.url == f"https://bsky.app/profile/{did}/post/{rkey}"
+        # Only the part that named the author changed.
+        assert mention.url.rsplit("/", 1)[-1] == plain[native_id].url.rsplit("/", 1)[-1]
