@@ -13,8 +13,9 @@ import os
 import sys
 
 import click
+from pydantic import ValidationError
 
-from streams.settings import Settings
+from streams.settings import Settings, settings_errors
 
 COMMAND_MODULES = (
     "streams.commands.stack",
@@ -39,8 +40,11 @@ def cli(ctx: click.Context, verbose: int) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         ctx.obj = Settings()
-    except Exception as exc:  # pydantic's ValidationError lists every bad variable
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid settings: {settings_errors(exc)}") from exc
+    except Exception as exc:
         raise click.ClickException(f"invalid settings: {exc}") from exc
+
 
 
 def _register() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -97,6 +97,17 @@ class Settings(BaseSettings):
             return None
         return value
 
+    @model_validator(mode="after")
+    def _raw_payloads_keep_handles(self) -> Settings:
+        # A post's original payload names its author (X's includes.users, Mastodon's account,
+        # a CSV's author column): kept beside a pseudonym, it would give the handle away.
+        if self.keep_raw and self.author_hash_key is not None:
+            raise ValueError(
+                "EARFUL_KEEP_RAW=1 keeps each post's original payload, author handles included, "
+                "so it would undo EARFUL_AUTHOR_HASH_KEY: set one or the other"
+            )
+        return self
+
     @property
     def kafka_servers(self) -> list[str]:
         return [s.strip() for s in self.kafka_bootstrap.split(",") if s.strip()]
@@ -137,3 +148,14 @@ def es_client_kwargs(settings: Settings) -> dict[str, Any]:
     elif settings.es_username and settings.es_password is not None:
         kwargs["basic_auth"] = (settings.es_username, settings.es_password.get_secret_value())
     return kwargs
+
+
+def settings_errors(exc: ValidationError) -> str:
+    """Every bad variable and why, without the values given: a check across settings would
+    otherwise print every setting's value, secrets included."""
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        name = "EARFUL_" + "_".join(str(part) for part in error["loc"]).upper() if error["loc"] else ""
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"{name}: {message}" if name else message)
+    return "; ".join(lines)
