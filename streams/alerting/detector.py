@@ -156,22 +156,29 @@ class DetectorConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> DetectorConfig:
         """From a YAML mapping; unknown keys are an error so a typo cannot silently do nothing."""
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown detector settings: {', '.join(sorted(unknown))}")
+        d = _typed(dict(d or {}), "detector settings")
         zone = ZoneInfo(str(d.get("timezone", "UTC")))
         if "overrides" in d:
             d["overrides"] = tuple(
                 _localise(CalendarOverride.from_dict(o), zone) for o in d["overrides"] or ()
             )
-        for name in ("severity_ratios", "severity_surprise"):
-            if name in d:
-                d[name] = tuple(float(x) for x in d[name])
-        if "topics" in d:
-            d["topics"] = {str(k): dict(v or {}) for k, v in (d["topics"] or {}).items()}
-        return cls(**d)
+        topics = {str(k): dict(v or {}) for k, v in (d.pop("topics", None) or {}).items()}
+        for topic, own in topics.items():
+            misplaced = {"topics", "topic", "overrides"} & set(own)
+            if misplaced:
+                raise ValueError(
+                    f"detector settings for topic {topic!r}: {', '.join(sorted(misplaced))} cannot be set per "
+                    "topic (a calendar override names its topics in detector.overrides)"
+                )
+            topics[topic] = _typed(own, f"detector settings for topic {topic!r}")
+        cfg = cls(**d, topics=topics)
+        # Each topic's settings are checked now, at start, not when its first window closes.
+        for topic in topics:
+            try:
+                cfg.for_topic(topic)
+            except (TypeError, ValueError, KeyError) as exc:  # KeyError: an unknown time zone
+                raise ValueError(f"detector settings for topic {topic!r}: {exc}") from None
+        return cfg
 
     def for_topic(self, topic: str) -> DetectorConfig:
         """This config with the topic's own sensitivity, and only the overrides meant for it."""
@@ -388,6 +395,49 @@ def _betacf(a: float, b: float, x: float, max_iter: int = 5000, eps: float = 1e-
 
 
 # -- config parsing helpers -----------------------------------------------------
+
+
+def _typed(d: dict[str, Any], what: str) -> dict[str, Any]:
+    """Settings as the dataclass types them: unknown names and values that are not numbers are
+    errors here, rather than a TypeError on the first row scored."""
+    defaults = {f.name: f.default for f in fields(DetectorConfig)}
+    unknown = set(d) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown {what}: {', '.join(sorted(unknown))}")
+    out = dict(d)
+    for name, value in d.items():
+        default = defaults[name]
+        if name in ("severity_ratios", "severity_surprise"):
+            out[name] = _numbers(value, what, name)
+        elif isinstance(default, int | float) and not isinstance(default, bool):
+            number = _number(value, what, name)
+            if isinstance(default, int):
+                if number != int(number):
+                    raise ValueError(f"{what}: {name} must be a whole number, got {value!r}")
+                number = int(number)
+            out[name] = number
+        elif isinstance(default, str):
+            out[name] = str(value)
+    return out
+
+
+def _number(value: Any, what: str, name: str) -> float:
+    if not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            pass
+        else:
+            if math.isfinite(number):
+                return number
+    raise ValueError(f"{what}: {name} must be a number, got {value!r}")
+
+
+def _numbers(value: Any, what: str, name: str) -> tuple[float, float, float]:
+    if isinstance(value, list | tuple) and len(value) == 3:
+        minor, major, critical = (_number(v, what, name) for v in value)
+        return minor, major, critical
+    raise ValueError(f"{what}: {name} must be three numbers (minor, major, critical), got {value!r}")
 
 
 def _as_datetime(value: Any) -> datetime:

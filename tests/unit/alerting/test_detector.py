@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -269,6 +270,33 @@ def test_config_from_dict_with_overrides_and_topics():
     assert det.multiplier(datetime(2025, 10, 30, 12, 59, tzinfo=UTC)) == 1
     with pytest.raises(ValueError, match="unknown detector settings"):
         DetectorConfig.from_dict({"treshold": 0.5})
+
+
+@pytest.mark.parametrize(
+    ("own", "says"),
+    [
+        ({"treshold": 0.4}, "unknown detector settings for topic 'outage': treshold"),
+        ({"threshold": 5}, "detector settings for topic 'outage': threshold must be in"),
+        ({"min_count": "many"}, "detector settings for topic 'outage': min_count must be a number, got 'many'"),
+        ({"reopen_after": 2.5}, "reopen_after must be a whole number"),
+        ({"severity_ratios": [2, 4]}, "severity_ratios must be three numbers"),
+        ({"overrides": []}, "overrides cannot be set per topic"),
+        ({"timezone": "Mars/Olympus"}, "detector settings for topic 'outage'"),
+    ],
+)
+def test_a_topics_bad_settings_are_refused_when_the_config_loads(own, says):
+    # Not when the topic's first window closes, inside the worker, where it would stop every
+    # window of the partition from closing.
+    with pytest.raises(ValueError, match=re.escape(says)):
+        DetectorConfig.from_dict({"topics": {"outage": own, "refund": {"threshold": 0.4}}})
+
+
+def test_settings_given_as_text_are_numbers_once_loaded():
+    cfg = DetectorConfig.from_dict({"threshold": "0.4", "topics": {"outage": {"min_count": "3", "reopen_after": 6.0}}})
+    assert cfg.threshold == 0.4
+    outage = cfg.for_topic("outage")
+    assert outage.min_count == 3.0 and isinstance(outage.reopen_after, int) and outage.reopen_after == 6
+    Detector(outage).observe(datetime(2025, 1, 1, tzinfo=UTC), 4)  # scores without a TypeError
 
 
 def test_an_alert_reopens_only_after_enough_quiet_rows():
