@@ -3,12 +3,21 @@
 Per (topic, source-or-None) an episode goes::
 
     quiet ──anomalous──► open ──(severity rises | count grows by update_factor)──► update ...
-                           │
+                           │   ▲
+                           │   └──anomalous within the cooldown: the same alert, open again
                            └──calm for calm_windows windows in a row──► resolved ──cooldown──► quiet
 
 "Calm" means the observed count is back at or below ``expected × calm_factor``, not merely
 below the alert threshold: a spike that hovers just under the threshold is still a spike,
-and resolving it would reopen it a minute later.
+and resolving it would reopen it a minute later. A window below the detector's count floor
+(``calm_below``) is calm too, since it could never open an alert: on a topic with a mention an
+hour, 2 a minute after a spike is over, not "twenty times the usual".
+
+A spike within the cooldown after a resolve is the same episode: its alert opens again (same
+id, status "open", a later sequence) rather than a new alert, so nothing is lost and the
+"all clear" is taken back where it was premature. Each time an alert comes back, the calm
+windows it needs before the next resolve double, so a topic that flaps between busy and calm
+sends fewer messages, not a storm.
 
 The tracker is pure: it is fed one window at a time and returns the ``Alert`` event to emit,
 or None. Its state is a JSON-serialisable dict so the worker can keep it in a Faust table:
@@ -143,6 +152,7 @@ class AlertTracker:
         top_terms: list[str],
         now: datetime,
         authors: int | None = None,
+        calm_below: float = 0.0,
     ) -> Alert | None:
         key = _key(topic, source)
         ep = self._episodes.get(key)
@@ -156,7 +166,14 @@ class AlertTracker:
                 ep["last_window"] = window_start.isoformat()
                 cooldown_until = _dt(ep["cooldown_until"])
                 if cooldown_until is not None and window_start < cooldown_until:
-                    return None
+                    if not is_anomalous:
+                        return None
+                    ep["phase"], ep["cooldown_until"], ep["calm"] = "open", None, 0
+                    ep["reopens"] = ep.get("reopens", 0) + 1
+                    ep["severity"] = sev
+                    ep["notified_observed"] = observed
+                    self._record(ep, observed, expected, score, samples, top_terms, authors)
+                    return self._emit(ep, topic, source, "open", window_start, now)
             if not is_anomalous:
                 if ep is not None:
                     del self._episodes[key]  # cooldown over and quiet: nothing left to remember
@@ -165,17 +182,11 @@ class AlertTracker:
                               samples, top_terms, now, authors)
 
         ep["last_window"] = window_start.isoformat()
-        ep["peak_observed"] = max(ep["peak_observed"], observed)
-        ep["observed"], ep["expected"], ep["score"] = observed, expected, score
-        ep["authors"] = authors
-        if samples:
-            ep["samples"] = [s.model_dump(mode="json") for s in samples[: self.cfg.max_samples]]
-        if top_terms:
-            ep["top_terms"] = list(top_terms)
+        self._record(ep, observed, expected, score, samples, top_terms, authors)
 
-        if observed <= expected * self.cfg.calm_factor:
+        if observed <= expected * self.cfg.calm_factor or observed < calm_below:
             ep["calm"] += 1
-            if ep["calm"] >= self.cfg.calm_windows:
+            if ep["calm"] >= self.cfg.calm_windows * 2 ** ep.get("reopens", 0):
                 return self._resolve(ep, topic, source, window_start, now)
             return None
 
@@ -189,6 +200,19 @@ class AlertTracker:
         ep["severity"] = _higher(sev, ep["severity"])
         ep["notified_observed"] = observed
         return self._emit(ep, topic, source, "update", window_start, now)
+
+    def _record(
+        self, ep: dict[str, Any], observed: float, expected: float, score: float,
+        samples: list[AlertSample], top_terms: list[str], authors: int | None,
+    ) -> None:
+        """The latest window's figures and evidence on an open episode."""
+        ep["peak_observed"] = max(ep["peak_observed"], observed)
+        ep["observed"], ep["expected"], ep["score"] = observed, expected, score
+        ep["authors"] = authors
+        if samples:
+            ep["samples"] = [s.model_dump(mode="json") for s in samples[: self.cfg.max_samples]]
+        if top_terms:
+            ep["top_terms"] = list(top_terms)
 
     def _open(
         self,

@@ -126,7 +126,7 @@ class Watch:
             alert = tracker.step(
                 topic=topic, source=source, window_start=ts, observed=obs.value, expected=obs.expected,
                 score=obs.anomaly_score, is_anomalous=obs.is_anomalous, severity=obs.severity,
-                samples=samples, top_terms=terms, now=now, authors=authors,
+                samples=samples, top_terms=terms, now=now, authors=authors, calm_below=dcfg.min_count,
             )
             if alert is not None:
                 alerts.append(alert)

@@ -40,7 +40,8 @@ def title(alert: Alert) -> str:
     if alert.status == "resolved":
         peak = f", peak {_count(alert.peak_observed)}" if alert.peak_observed is not None else ""
         return f"{test}[RESOLVED] All clear: {_scope(alert)} is back to normal ({counts}{peak})"
-    verb = "Spike in" if alert.status == "open" else "Spike growing in"
+    # An alert open again after its all clear (a spike within the cooldown) says it is back.
+    verb = "Spike growing in" if alert.status == "update" else "Spike back in" if alert.sequence else "Spike in"
     return f"{test}[{alert.severity.upper()}] {verb} {_scope(alert)}: {counts}"
 
 

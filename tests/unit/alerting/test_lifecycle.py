@@ -7,6 +7,7 @@ from urllib.parse import unquote
 
 from schemas.records import Alert, AlertSample
 from streams.alerting.lifecycle import AlertTracker, LifecycleConfig, alert_id, kibana_discover_url
+from streams.alerting.notifiers.render import title
 
 T0 = datetime(2024, 7, 1, 9, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
@@ -130,11 +131,70 @@ def test_cooldown_before_a_new_episode() -> None:
     for _ in range(3):
         last = feed.step(5)
     assert last is not None and last.status == "resolved"
-    # Within the 30 minute cooldown a new spike does not open an alert.
-    assert [feed.step(60) for _ in range(30)] == [None] * 30
+    # Past the 30 minute cooldown a new spike is a new episode, with a new alert.
+    assert [feed.step(5) for _ in range(30)] == [None] * 30
     second = feed.step(60)
     assert second is not None and second.status == "open" and second.sequence == 0
     assert first is not None and second.id != first.id
+
+
+def test_a_spike_within_the_cooldown_opens_the_same_alert_again() -> None:
+    # Not dropped: the all clear was premature, and the alert says it is back.
+    feed = Feed(AlertTracker(CFG))
+    first = feed.step(50)
+    resolved = [feed.step(5) for _ in range(3)][-1]
+    assert first is not None and resolved is not None and resolved.status == "resolved"
+    assert [feed.step(5) for _ in range(10)] == [None] * 10
+    back = feed.step(400, severity="critical")
+    assert back is not None and back.id == first.id
+    assert (back.status, back.sequence, back.severity, back.observed) == ("open", 2, "critical", 400)
+    assert back.resolved_at is None and back.peak_observed == 400 and back.opened_at == first.opened_at
+    assert title(back).startswith("[CRITICAL] Spike back in") and title(first).startswith("[MINOR] Spike in")
+    assert feed.step(400, severity="critical") is None  # the same level: nothing new to say
+    # Having come back once, it needs twice the calm windows (6) before the next all clear.
+    assert [feed.step(5) for _ in range(5)] == [None] * 5
+    again = feed.step(5)
+    assert again is not None and again.status == "resolved" and again.id == first.id and again.sequence == 3
+
+
+def test_a_flapping_topic_sends_fewer_messages_each_time_it_comes_back() -> None:
+    # Busy for 2 minutes, calm for 6, over and over for 3 hours: each return doubles the calm
+    # needed, so after a few cycles the alert simply stays open until the topic settles.
+    feed = Feed(AlertTracker(CFG))
+    events = []
+    for _ in range(180 // 8):
+        events += [feed.step(60), feed.step(60)] + [feed.step(5) for _ in range(6)]
+    sent = [e for e in events if e is not None]
+    assert len({e.id for e in sent}) == 1
+    assert [e.status for e in sent] == ["open", "resolved", "open", "resolved", "open"]
+    # When it settles for good, one all clear, after the 3 x 2 x 2 = 12 calm windows it now needs.
+    settled = [feed.step(5) for _ in range(24)]
+    assert [e.status for e in settled if e is not None] == ["resolved"]
+
+
+def test_a_window_below_the_count_floor_is_calm() -> None:
+    # A topic with a mention every ten minutes: 30 in one minute is a spike, and 2 a minute after
+    # it is over, whatever 2 / 0.1 says, since the detector could never open an alert on 2.
+    feed = Feed(AlertTracker(CFG))
+    opened = feed.step(30, expected=0.1)
+    assert opened is not None
+
+    def calm_step(observed: float) -> Alert | None:
+        alert = feed.tracker.step(
+            topic="outage", source=None, window_start=feed.t, observed=observed, expected=0.1, score=0.3,
+            is_anomalous=False, severity=None, samples=[], top_terms=[], now=feed.t + MIN, calm_below=5.0,
+        )
+        feed.t += MIN
+        return alert
+
+    assert calm_step(2) is None and calm_step(4) is None
+    resolved = calm_step(2)
+    assert resolved is not None and resolved.status == "resolved"
+    # At the floor itself the window is not calm: 5 could be a spike.
+    feed2 = Feed(AlertTracker(CFG))
+    feed2.step(30, expected=0.1)
+    feed = feed2
+    assert [calm_step(5) for _ in range(5)] == [None] * 5
 
 
 def test_state_round_trip_mid_episode() -> None:

@@ -117,6 +117,16 @@ async def test_a_spike_opens_updates_and_resolves_one_alert() -> None:
     assert state["closed_until"] == T0 + 60 * len(EPISODE)
 
 
+async def test_chatter_below_the_count_floor_after_a_spike_gives_the_all_clear() -> None:
+    # After the spike the topic settles at 3-4 a minute: many times its usual fraction of a mention,
+    # but under the detector's floor of 5, so the alert resolves rather than staying open for hours.
+    watch = Watch(_cfg())
+    _, alerts = await watch.close(watch.new_state(T0), "outage", None, _series([*QUIET, 40, 4, 3]),
+                                  datetime.now(UTC), _evidence)
+    assert [a.status for a in alerts] == ["open", "resolved"]
+    assert alerts[1].window_start == datetime.fromtimestamp(T0 + 60 * (len(QUIET) + 2), tz=UTC)
+
+
 async def test_quiet_windows_raise_nothing() -> None:
     watch = Watch(_cfg())
     _, alerts = await watch.close(watch.new_state(T0), "outage", None, _series(QUIET * 3),
