@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import httpx
 from pydantic import SecretStr
@@ -53,8 +55,38 @@ def _seconds_until(when_text: str, date_text: str | None) -> float | None:
     return (when - now).total_seconds()
 
 
+#: a path segment, query value or user name this long is taken for a token and hidden wherever it
+#: appears (Slack's and Teams' tokens are longer; "services", "IncomingWebhook" are not)
+_TOKEN_LENGTH = 16
+
+
+def _secrets(raw_url: str) -> list[str]:
+    """What ``redact_url`` hides, as it may be quoted back: the path (unless just "/"), the query,
+    the user info and password, each token-length path segment or query value; raw, decoded and
+    percent-encoded. Longest first, so a longer match wins."""
+    try:
+        parts = urlsplit(raw_url)
+        password = parts.password or ""
+    except ValueError:
+        return [raw_url]
+    path = "" if parts.path == "/" else parts.path
+    pieces = [*parts.path.split("/"), *(value for _, value in parse_qsl(parts.query)), parts.username or ""]
+    found: set[str] = set()
+    for part in [path, parts.query, parts.fragment, parts.netloc.rpartition("@")[0], password,
+                 *(piece for piece in pieces if len(unquote(piece)) >= _TOKEN_LENGTH)]:
+        if part:
+            plain = unquote(part)
+            found |= {part, plain, quote(plain, safe="/"), quote(plain, safe="")}
+    return sorted(found, key=len, reverse=True)
+
+
 def _scrub(text: str, raw_url: str) -> str:
-    return text.replace(raw_url, redact_url(raw_url))[:300]
+    """A receiver's answer with no part of its URL that ``redact_url`` hides: the whole URL becomes
+    scheme and host, any other trace of it (an echoed path, say) "<redacted>"."""
+    text = text.replace(raw_url, redact_url(raw_url))
+    if secrets := _secrets(raw_url):  # none for "https://host/"; an empty pattern would match everywhere
+        text = re.sub("|".join(map(re.escape, secrets)), "<redacted>", text, flags=re.IGNORECASE)
+    return text[:300]
 
 
 async def post(

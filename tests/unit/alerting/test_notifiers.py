@@ -160,6 +160,27 @@ async def test_full_url_never_in_logs_or_errors(caplog: pytest.LogCaptureFixture
     assert "https://hooks.example.com answered 500" in str(info.value)
 
 
+SIGNED_URL = "https://hooks.example.com/services/T000/B000/XXXXsecretXXXX?sig=QQQQsignedQQQQ"
+
+
+@pytest.mark.parametrize("echo", [
+    "Cannot POST /services/T000/B000/XXXXsecretXXXX",  # Express's 404 page: the path, no query
+    "no route for %2Fservices%2FT000%2FB000%2FXXXXsecretXXXX%3Fsig%3DQQQQsignedQQQQ",  # URL-encoded
+    '{"error": "bad signature", "query": "sig=QQQQsignedQQQQ"}',  # the query alone
+])
+async def test_a_receiver_echoing_part_of_the_url_does_not_put_it_in_the_error(echo: str) -> None:
+    def not_found(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, text=echo)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(not_found))
+    channel = WebhookChannel(type="webhook", url=SIGNED_URL, secret="hook-s3cret")
+    with pytest.raises(PermanentDeliveryError) as info:
+        await build_notifier(channel, client).send(ALERT, "k")
+    text = str(info.value)
+    assert "secret" not in text.lower() and "signed" not in text.lower() and "T000" not in text
+    assert text.startswith("https://hooks.example.com answered 404: ") and "<redacted>" in text
+
+
 def test_email_message_plain_and_html() -> None:
     channel = EmailChannel.model_validate(
         {"type": "email", "host": "127.0.0.1", "from": "earful@agency.example", "to": ["ops@agency.example"]}
