@@ -33,6 +33,10 @@ Rules the dispatcher applies (see delivery.py):
   to clear for someone who never heard of the alert.
 - Digest: events are collected and sent as one message per period, on period boundaries; a
   period that ends in quiet hours goes out when they end (critical alerts do not wait).
+  Boundaries follow the local clock of ``quiet_hours.timezone`` (UTC without quiet hours): a
+  ``1d`` digest ends at local midnight.
+- Changes apply to what is already waiting: a held or pending delivery that comes due is checked
+  against the subscription as it is then, and recorded as cancelled if it is no longer wanted.
 
 Secrets: any string may be ``${ENV_NAME}`` (an environment variable) or ``${file:/path}`` (a
 secret file, trailing newline dropped). Webhook URLs must be http(s). They are kept as
@@ -44,7 +48,7 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta, tzinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -223,13 +227,13 @@ class QuietHours(_Model):
         return t >= self.start or t < self.end  # spans midnight
 
     def ends_after(self, now: datetime) -> datetime:
-        """When the quiet hours around ``now`` end, in UTC (local wall time, DST-aware)."""
-        local = self._local(now)
-        zone = ZoneInfo(self.timezone)
-        end = datetime.combine(local.date(), self.end, tzinfo=zone)
-        if end <= local:
-            end = datetime.combine(local.date() + timedelta(days=1), self.end, tzinfo=zone)
-        return end.astimezone(UTC)
+        """When the quiet hours around ``now`` end, in UTC: the first instant after ``now`` at
+        which the local clock reads ``end``. When the clocks go back it may read it twice: from
+        the second pass through the repeated hour, the end is its second reading. When they go
+        forward past ``end``, the quiet hours end as the clock jumps over it."""
+        day = self._local(now).date()
+        walls = [datetime.combine(day + timedelta(days=d), self.end) for d in (-1, 0, 1)]
+        return _next_reading(ZoneInfo(self.timezone), now, walls)
 
 
 class Subscription(_Model):
@@ -254,16 +258,26 @@ class Subscription(_Model):
 
     def matches(self, alert: Alert) -> bool:
         """Topic, source and severity say this subscriber wants the event."""
+        return self.refusal(alert) is None
+
+    def refusal(self, alert: Alert, *, told: bool = False) -> str | None:
+        """Why this subscriber does not want the event, or None if it does.
+
+        ``told``: it was sent an earlier event of the alert, so the alert's all clear is wanted
+        whatever its severity (e.g. ``min_severity`` was raised since). A disabled subscription,
+        or one whose topics or sources no longer cover the alert, wants nothing of it."""
         if not self.enabled:
-            return False
+            return f"subscription {self.name} is disabled"
         if self.topics and "*" not in self.topics and alert.topic not in self.topics:
-            return False
+            return f"subscription {self.name} does not cover topic {alert.topic!r}"
         if not self.sources:
             if alert.source is not None:
-                return False
+                return f"subscription {self.name} takes topic-wide alerts only, not source {alert.source!r}"
         elif "*" not in self.sources and alert.source not in self.sources:
-            return False
-        return _RANK[alert.severity] >= _RANK[self.min_severity]
+            return f"subscription {self.name} does not cover source {alert.source!r}"
+        if _RANK[alert.severity] < _RANK[self.min_severity] and not (told and alert.status == "resolved"):
+            return f"severity {alert.severity} is below the min_severity {self.min_severity} of subscription {self.name}"
+        return None
 
     def quiet_until(self, now: datetime) -> datetime | None:
         """When this subscriber's quiet hours end, if ``now`` is in them."""
@@ -271,12 +285,65 @@ class Subscription(_Model):
             return None
         return self.quiet_hours.ends_after(now)
 
+    @property
+    def zone(self) -> tzinfo:
+        """The subscriber's time zone: that of its quiet hours, else UTC."""
+        return ZoneInfo(self.quiet_hours.timezone) if self.quiet_hours is not None else UTC
+
     def digest_due(self, now: datetime) -> datetime:
-        """The end of the digest period ``now`` falls in (periods are aligned on the epoch, UTC)."""
+        """The end of the digest period ``now`` falls in, in UTC.
+
+        Periods are aligned on the subscriber's local wall clock (see ``zone``), counted from
+        1970-01-01 00:00 local time: a ``1d`` digest ends at local midnight, a ``1h`` one on the
+        local hour (the UTC hour, in a zone a whole number of hours from UTC). Across a DST change
+        the boundary is the first instant after ``now`` at which the local clock reads (or jumps
+        over) one, so a day is 23 or 25 hours long and an hourly digest still goes out hourly."""
         assert self.digest is not None
-        period = self.digest.total_seconds()
-        epoch = now.timestamp()
-        return datetime.fromtimestamp((epoch // period + 1) * period, UTC)
+        zone, period = self.zone, self.digest
+        local = now.astimezone(zone)
+        wall = local.replace(tzinfo=None)
+        start = _WALL_EPOCH + (wall - _WALL_EPOCH) // period * period  # of the period we are in
+        walls = [start + period, start + 2 * period]
+        # In the first pass through an hour the clocks go back on, the boundaries of that hour
+        # up to now come round again: the next may be one of them.
+        repeat = (local.utcoffset() or timedelta(0)) - (local.replace(fold=1).utcoffset() or timedelta(0))
+        if local.fold == 0 and repeat > timedelta(0):
+            boundary = start
+            while boundary > wall - repeat:
+                walls.append(boundary)
+                boundary -= period
+        return _next_reading(zone, now, walls)
+
+
+_WALL_EPOCH = datetime(1970, 1, 1)
+
+
+def _readings(zone: tzinfo, wall: datetime) -> list[datetime]:
+    """The instants (UTC) at which the local clock in ``zone`` reads ``wall`` (naive): one; two
+    when the clocks go back over it; none when they go forward over it, and then the instant
+    they jump over it is given instead."""
+    first = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+    second = wall.replace(tzinfo=zone, fold=1).astimezone(UTC)
+    if first == second:
+        return [first]
+    if first.astimezone(zone).replace(tzinfo=None) == wall:
+        return sorted((first, second))  # the clocks go back: it is read twice
+    # Skipped. ``second`` (offset after the change) is before the jump and reads earlier than
+    # ``wall``; ``first`` (offset before it) is after the jump. The jump is between the two.
+    before, after = min(first, second), max(first, second)
+    while after - before > timedelta(microseconds=1):
+        middle = before + (after - before) / 2
+        if middle.astimezone(zone).replace(tzinfo=None) >= wall:
+            after = middle
+        else:
+            before = middle
+    return [after]
+
+
+def _next_reading(zone: tzinfo, now: datetime, walls: list[datetime]) -> datetime:
+    """The first instant after ``now`` at which the local clock reads (or jumps over) one of
+    ``walls``, in UTC."""
+    return min(instant for wall in walls for instant in _readings(zone, wall) if instant > now)
 
 
 def _resolve_refs(value: Any, where: str) -> Any:

@@ -246,3 +246,70 @@ def test_a_webhook_without_a_signing_secret_is_refused(monkeypatch: pytest.Monke
         with pytest.raises(SubscriptionError, match=rf"(?s)ops-hook.*{says}"):
             parse_subscriptions([{"name": "ops-hook", "channel": {"type": "webhook", "url": SECRET_URL,
                                                                  "secret": empty}}])
+
+
+def test_a_daily_digest_goes_out_at_the_subscribers_local_midnight() -> None:
+    quiet = {"start": "12:00", "end": "13:00"}
+    sydney = sub(digest="1d", quiet_hours={**quiet, "timezone": "Australia/Sydney"})
+    # 14:00 on 10 January in Sydney (UTC+11): the day's digest goes at midnight there, not UTC.
+    assert sydney.digest_due(datetime(2025, 1, 10, 3, 0, tzinfo=UTC)) == datetime(2025, 1, 10, 13, 0, tzinfo=UTC)
+    # Winter (UTC+10).
+    assert sydney.digest_due(datetime(2025, 7, 10, 3, 0, tzinfo=UTC)) == datetime(2025, 7, 10, 14, 0, tzinfo=UTC)
+    # The day the clocks go back is 25 hours long, the day they go forward 23: still midnight to midnight.
+    assert sydney.digest_due(datetime(2025, 4, 5, 14, 0, tzinfo=UTC)) == datetime(2025, 4, 6, 14, 0, tzinfo=UTC)
+    assert sydney.digest_due(datetime(2025, 10, 4, 15, 0, tzinfo=UTC)) == datetime(2025, 10, 5, 13, 0, tzinfo=UTC)
+    # Half an hour off UTC: Adelaide (UTC+10:30 in summer), Kolkata (UTC+5:30).
+    adelaide = sub(digest="1d", quiet_hours={**quiet, "timezone": "Australia/Adelaide"})
+    assert adelaide.digest_due(datetime(2025, 1, 10, 3, 0, tzinfo=UTC)) == datetime(2025, 1, 10, 13, 30, tzinfo=UTC)
+    kolkata = sub(digest="1d", quiet_hours={**quiet, "timezone": "Asia/Kolkata"})
+    assert kolkata.digest_due(datetime(2025, 1, 10, 3, 0, tzinfo=UTC)) == datetime(2025, 1, 10, 18, 30, tzinfo=UTC)
+    # No time zone: UTC, as before.
+    assert sub(digest="1d").digest_due(datetime(2025, 1, 10, 3, 0, tzinfo=UTC)) == datetime(2025, 1, 11, tzinfo=UTC)
+
+
+def test_hourly_digests_stay_on_the_hour_across_dst() -> None:
+    hourly = sub(digest="1h", quiet_hours={"start": "12:00", "end": "13:00", "timezone": "Australia/Sydney"})
+    # Clocks go back at 16:00Z on 5 April 2025 (03:00 AEDT -> 02:00 AEST): every UTC hour still ends one.
+    for minute in range(14 * 60, 19 * 60, 7):
+        now = datetime(2025, 4, 5, tzinfo=UTC) + timedelta(minutes=minute)
+        assert hourly.digest_due(now) == now.replace(minute=0) + timedelta(hours=1), now
+    # And forward at 16:00Z on 4 October 2025 (02:00 AEST -> 03:00 AEDT).
+    for minute in range(14 * 60, 19 * 60, 7):
+        now = datetime(2025, 10, 4, tzinfo=UTC) + timedelta(minutes=minute)
+        assert hourly.digest_due(now) == now.replace(minute=0) + timedelta(hours=1), now
+    # In a zone half an hour off UTC, on the local hour.
+    adelaide = sub(digest="1h", quiet_hours={"start": "12:00", "end": "13:00", "timezone": "Australia/Adelaide"})
+    assert adelaide.digest_due(datetime(2025, 1, 10, 3, 10, tzinfo=UTC)) == datetime(2025, 1, 10, 3, 30, tzinfo=UTC)
+
+
+def test_quiet_hours_end_once_when_the_clocks_go_back() -> None:
+    quiet = QuietHours(start=time(22), end=time(2, 30), timezone="Australia/Sydney")
+    # 6 April 2025: 03:00 AEDT (16:00Z) becomes 02:00 AEST, so 02:00-03:00 comes twice.
+    first_pass = datetime(2025, 4, 5, 15, 10, tzinfo=UTC)  # 02:10 AEDT
+    second_pass = datetime(2025, 4, 5, 16, 10, tzinfo=UTC)  # 02:10 AEST
+    assert quiet.is_quiet(first_pass) and quiet.is_quiet(second_pass)
+    assert quiet.ends_after(first_pass) == datetime(2025, 4, 5, 15, 30, tzinfo=UTC)  # 02:30 AEDT
+    # Not 02:30 AEDT (15:30Z), already past: 02:30 AEST.
+    assert quiet.ends_after(second_pass) == datetime(2025, 4, 5, 16, 30, tzinfo=UTC)
+    assert not quiet.is_quiet(quiet.ends_after(second_pass))
+
+
+def test_quiet_hours_end_when_the_clocks_go_forward_over_their_end() -> None:
+    quiet = QuietHours(start=time(22), end=time(2, 30), timezone="Australia/Sydney")
+    # 5 October 2025: 02:00 AEST (16:00Z) becomes 03:00 AEDT; 02:30 never comes.
+    now = datetime(2025, 10, 4, 15, 10, tzinfo=UTC)  # 01:10 AEST
+    assert quiet.ends_after(now) == datetime(2025, 10, 4, 16, 0, tzinfo=UTC)  # 03:00 AEDT, not 03:30
+    assert not quiet.is_quiet(datetime(2025, 10, 4, 16, 0, tzinfo=UTC))
+    # An end the clocks do not skip is unaffected that night.
+    late = QuietHours(start=time(22), end=time(7), timezone="Australia/Sydney")
+    assert late.ends_after(now) == datetime(2025, 10, 4, 20, 0, tzinfo=UTC)  # 07:00 AEDT
+
+
+def test_refusal_says_why_and_an_all_clear_to_one_told_ignores_severity() -> None:
+    s = sub(topics=["outage"], min_severity="critical")
+    assert s.refusal(alert()) == "severity major is below the min_severity critical of subscription ops"
+    assert s.refusal(alert(status="resolved")) is not None
+    assert s.refusal(alert(status="resolved"), told=True) is None
+    assert s.refusal(alert(status="update"), told=True) is not None  # only the all clear
+    assert "does not cover topic 'scam'" in (s.refusal(alert(topic="scam", status="resolved"), told=True) or "")
+    assert "disabled" in (sub(enabled=False).refusal(alert(status="resolved"), told=True) or "")
