@@ -37,7 +37,7 @@ __all__ = ["alerts", "commands", "sample_alert"]
 
 OPEN = ("open", "update")  # an "update" event is an episode still open, and growing
 SEVERITY_RANK = {"critical": 3, "major": 2, "minor": 1, "info": 0}
-DELIVERY_STATUSES = ("sent", "held", "pending", "failed", "superseded")
+DELIVERY_STATUSES = ("sent", "held", "pending", "failed", "superseded", "cancelled")
 FAILED_SHOWN = 3  # failed deliveries shown in full under each alert
 
 

@@ -16,6 +16,9 @@ A record's status::
     failed      a permanent error, or still failing ``give_up_after`` after its first send
                 attempt (time spent held does not count): logged at ERROR and kept in the log
                 for the ops team, never silently dropped
+    cancelled   not sent: when it came due the subscription no longer wanted it (it was
+                disabled, or its topics, sources or min_severity changed since the event was
+                held or first tried); ``error`` says why
 
 A sent record's ``error`` notes a partial delivery (e.g. mail recipients the server refused).
 An unexpected error while handling one subscription (a bug, a library surprise) is logged with
@@ -41,6 +44,12 @@ late "trigger" cannot reopen an incident after its "resolve". The worker runs th
 where it dispatches, on the owner of the alerts topic's only partition, and a retry pass stops
 when that partition moves away. (A send already on its way when a rebalance moves it may still
 meet the new owner's first send: the lock does not reach across workers.)
+
+The rules are those of the subscription as it is when a delivery goes out, not when it was held:
+a held or pending delivery that comes due is checked against the current subscription first.
+An all clear to a subscriber who was sent an earlier event of its alert is still wanted if only
+its severity no longer matches (``Subscription.refusal``), and is sent as it would be to any
+matching subscriber; a disabled subscription gets nothing.
 
 Records live in a ``DeliveryLog``: Elasticsearch in the worker (``index_deliveries``), a dict in
 unit tests. Held and pending records carry the alert, so a restarted worker still sends them.
@@ -81,7 +90,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DeliveryStatus = Literal["held", "pending", "sent", "superseded", "failed"]
+DeliveryStatus = Literal["held", "pending", "sent", "superseded", "failed", "cancelled"]
 
 
 def idempotency_key(alert: Alert, subscription: str) -> str:
@@ -344,9 +353,9 @@ class Dispatcher:
         results: list[DeliveryRecord] = []
         unrecorded: list[Exception] = []
         for sub in self.subscriptions.values():
-            if not sub.matches(alert):
-                continue
             try:
+                if await self._refusal(sub, alert) is not None:
+                    continue
                 async with self._turn(sub.name, "digest" if sub.digest is not None else alert.id):
                     results.extend(await self._dispatch_to(sub, alert))
             except Exception as exc:
@@ -355,6 +364,31 @@ class Dispatcher:
                 results.extend(await self._keep_after_crash([record], exc, unrecorded))
         _raise_first(unrecorded)
         return results
+
+    async def _refusal(self, sub: Subscription, alert: Alert) -> str | None:
+        """Why ``sub`` does not want ``alert`` now, or None: its rules, with the all clear of an
+        alert it was sent an earlier event of wanted whatever its severity."""
+        why = sub.refusal(alert)
+        if (why is not None and alert.status == "resolved" and sub.refusal(alert, told=True) is None
+                and await self.log.latest_sent_sequence(sub.name, alert.id) is not None):
+            return None
+        return why
+
+    async def _drop_unwanted(self, sub: Subscription, records: list[DeliveryRecord], now: datetime,
+                             results: list[DeliveryRecord]) -> list[DeliveryRecord]:
+        """The records ``sub`` still wants as it is configured now; the others are recorded as
+        cancelled, with the reason (e.g. held overnight, and the subscription was disabled)."""
+        wanted = []
+        for record in records:
+            why = await self._refusal(sub, record.to_alert())
+            if why is None:
+                wanted.append(record)
+                continue
+            done = record.but(status="cancelled", error=f"not sent: {why}", at=now, next_attempt_at=None)
+            await self.log.put(done)
+            log.info("not sending alert %s #%d to %s: %s", record.alert_id, record.sequence, sub.name, why)
+            results.append(done)
+        return wanted
 
     async def _dispatch_to(self, sub: Subscription, alert: Alert) -> list[DeliveryRecord]:
         if await self.log.get(idempotency_key(alert, sub.name)) is not None:
@@ -483,6 +517,10 @@ class Dispatcher:
                 log.error("delivery %s failed: subscription %s is no longer configured", record.id, name)
                 await self.log.put(failed)
                 results.append(failed)
+            return results
+        # The subscription may have changed since these were held (a restart with a new config).
+        records = await self._drop_unwanted(sub, records, now, results)
+        if not records:
             return results
         latest = await self._collapse(records, now, results)
         if group == "digest":

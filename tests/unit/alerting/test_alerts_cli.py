@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 import yaml
 from aiohttp import web
@@ -167,3 +168,14 @@ def test_no_search_server_is_a_clear_error(tmp_path: Path, args: tuple[str, ...]
 def test_bad_since_is_a_usage_error(tmp_path: Path) -> None:
     result = _invoke(tmp_path / "absent.yaml", "--since", "yesterday")
     assert result.exit_code == 2 and "expected a duration like 30m, 24h or 7d" in result.output
+
+
+def test_the_delivery_line_counts_every_status_the_log_records() -> None:
+    from typing import get_args
+
+    from streams.alerting.alerts_cli import DELIVERY_STATUSES, _deliveries_line
+    from streams.alerting.delivery import DeliveryStatus
+
+    assert set(DELIVERY_STATUSES) == set(get_args(DeliveryStatus))
+    line = click.unstyle(_deliveries_line({"sent": 2, "cancelled": 1}))
+    assert line == "2 sent, 0 held, 0 pending, 1 cancelled"

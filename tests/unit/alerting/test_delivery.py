@@ -714,3 +714,134 @@ async def test_a_digest_never_sends_an_event_older_than_one_already_sent() -> No
     [stale] = await d.retry_due()
     assert stale.id == "a1:0:ops" and stale.status == "superseded"
     assert [[(a.id, a.sequence) for a in alerts] for _, alerts in n.sent] == [[("a1", 1)]]
+
+
+async def test_a_daily_digest_goes_out_in_the_subscribers_morning_not_at_utc_midnight() -> None:
+    n = FakeNotifier()
+    quiet = {"start": "22:00", "end": "07:00", "timezone": "Australia/Sydney"}
+    d, log, clock, _ = make([sub(digest="1d", topics=["*"], quiet_hours=quiet)], {"ops": n}, now=NOON)
+    [held] = await d.dispatch(alert(0, severity="minor"))
+    # The day ends at midnight in Sydney, in quiet hours: it goes out when they end, at 07:00
+    # there, not at 00:00 UTC (10:00 in Sydney).
+    assert held.reason == "digest" and held.next_attempt_at == MORNING
+    clock.now = MORNING
+    [sent] = await d.retry_due()
+    assert sent.status == "sent" and len(n.sent) == 1
+
+
+async def test_a_delivery_held_in_the_repeated_hour_is_released_once_when_quiet_hours_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    n = FakeNotifier()
+    quiet = {"start": "22:00", "end": "02:30", "timezone": "Australia/Sydney"}
+    second_pass = datetime(2025, 4, 5, 16, 10, tzinfo=UTC)  # 02:10 AEST, after the clocks went back
+    d, _, clock, _ = make([sub(quiet_hours=quiet)], {"ops": n}, now=second_pass)
+    [held] = await d.dispatch(alert(0))
+    end = datetime(2025, 4, 5, 16, 30, tzinfo=UTC)  # 02:30 AEST
+    assert held.status == "held" and held.next_attempt_at == end
+    # The retry passes until then find nothing due: it is not held again and again.
+    while clock.now < end - timedelta(seconds=30):
+        clock.now += timedelta(seconds=30)
+        assert await d.retry_due() == []
+    clock.now = end
+    [sent] = await d.retry_due()
+    assert sent.status == "sent" and len(n.sent) == 1
+    assert caplog.text.count("holding alert") == 1
+
+
+async def test_quiet_hours_end_as_the_clocks_jump_over_their_end() -> None:
+    n = FakeNotifier()
+    quiet = {"start": "22:00", "end": "02:30", "timezone": "Australia/Sydney"}
+    d, _, _, _ = make([sub(quiet_hours=quiet)], {"ops": n}, now=datetime(2025, 10, 4, 15, 10, tzinfo=UTC))
+    [held] = await d.dispatch(alert(0))
+    assert held.next_attempt_at == datetime(2025, 10, 4, 16, 0, tzinfo=UTC)  # 03:00 AEDT, not 03:30
+
+
+def restarted(subs: list[Subscription], log: InMemoryDeliveryLog, clock: Clock,
+              notifier: FakeNotifier) -> Dispatcher:
+    """The worker restarted with a changed subscriptions file, on the same delivery log."""
+    return Dispatcher(subs, log, notifiers={s.name: notifier for s in subs}, clock=clock)
+
+
+QUIET = {"start": "22:00", "end": "07:00", "timezone": "Australia/Sydney"}
+
+
+@pytest.mark.parametrize(("changed", "says"), [
+    ({"enabled": False}, "subscription ops is disabled"),
+    ({"topics": ["scam"]}, "does not cover topic 'outage'"),
+    ({"min_severity": "critical"}, "severity major is below the min_severity critical"),
+])
+async def test_a_held_delivery_the_subscription_no_longer_wants_is_cancelled_not_sent(
+    changed: dict[str, Any], says: str,
+) -> None:
+    n = FakeNotifier()
+    d, log, clock, _ = make([sub(quiet_hours=QUIET)], {"ops": n}, now=NIGHT)
+    [held] = await d.dispatch(alert(0))
+    assert held.status == "held"
+    clock.now = MORNING
+    [cancelled] = await restarted([sub(quiet_hours=QUIET, **changed)], log, clock, n).retry_due()
+    assert cancelled.status == "cancelled" and says in (cancelled.error or "")
+    assert cancelled.next_attempt_at is None and log.records[held.id] == cancelled
+    assert n.sent == []
+
+
+async def test_a_pending_all_clear_to_one_told_of_the_alert_goes_out_whatever_its_severity_now() -> None:
+    n = FakeNotifier()
+    d, log, clock, _ = make([sub()], {"ops": n}, policy=RetryPolicy(inline_attempts=1))
+    assert (await d.dispatch(alert(0)))[0].status == "sent"
+    n.failures = [RetriableDeliveryError("503")]
+    [pending] = await d.dispatch(alert(1, status="resolved"))
+    assert pending.status == "pending"
+    clock.now = pending.next_attempt_at  # type: ignore[assignment]
+    # min_severity raised since: the open went out, so its all clear still does.
+    [sent] = await restarted([sub(min_severity="critical")], log, clock, n).retry_due()
+    assert sent.status == "sent" and [k for k, _ in n.sent] == ["a1:0:ops", "a1:1:ops"]
+
+
+async def test_a_pending_all_clear_to_a_disabled_subscription_is_cancelled() -> None:
+    n = FakeNotifier()
+    d, log, clock, _ = make([sub()], {"ops": n}, policy=RetryPolicy(inline_attempts=1))
+    assert (await d.dispatch(alert(0)))[0].status == "sent"
+    n.failures = [RetriableDeliveryError("503")]
+    [pending] = await d.dispatch(alert(1, status="resolved"))
+    clock.now = pending.next_attempt_at  # type: ignore[assignment]
+    [cancelled] = await restarted([sub(enabled=False)], log, clock, n).retry_due()
+    assert cancelled.status == "cancelled" and "disabled" in (cancelled.error or "")
+    assert [k for k, _ in n.sent] == ["a1:0:ops"]
+
+
+async def test_a_held_all_clear_to_one_never_told_is_cancelled_when_severity_no_longer_matches() -> None:
+    n = FakeNotifier()
+    d, log, clock, _ = make([sub(quiet_hours=QUIET)], {"ops": n}, now=NIGHT)
+    await d.dispatch(alert(0))
+    [waiting] = await d.dispatch(alert(1, status="resolved"))
+    assert waiting.status == "held" and waiting.reason == "with_alert"
+    clock.now = MORNING
+    results = await restarted([sub(quiet_hours=QUIET, min_severity="critical")], log, clock, n).retry_due()
+    assert {r.id: r.status for r in results} == {"a1:0:ops": "cancelled", "a1:1:ops": "cancelled"}
+    assert n.sent == []
+
+
+async def test_a_new_all_clear_reaches_one_told_of_the_alert_after_min_severity_was_raised() -> None:
+    n = FakeNotifier()
+    d, log, clock, _ = make([sub("ops"), sub("late")], {"ops": n, "late": n})
+    await d.dispatch(alert(0, severity="minor", id="m1"))
+    d2 = restarted([sub("ops", min_severity="major"), sub("late", min_severity="major")], log, clock, n)
+    log.records.pop("m1:0:late")  # "late" was never told of it
+    [sent] = await d2.dispatch(alert(1, severity="minor", id="m1", status="resolved"))
+    assert sent.subscription == "ops" and sent.status == "sent"
+    assert await d2.dispatch(alert(2, severity="minor", id="m1", status="update")) == []
+
+
+async def test_a_digest_drops_what_the_subscription_no_longer_covers() -> None:
+    n = FakeNotifier()
+    d, log, clock, _ = make([sub(digest="1h", topics=["*"])], {"ops": n})
+    clock.now = NOON + timedelta(minutes=10)
+    await d.dispatch(alert(0, id="a1", topic="outage"))
+    await d.dispatch(alert(0, id="b1", topic="scam"))
+    clock.now = NOON + timedelta(hours=1)
+    results = await restarted([sub(digest="1h", topics=["scam"])], log, clock, n).retry_due()
+    assert {r.id: r.status for r in results} == {"a1:0:ops": "cancelled", "b1:0:ops": "sent"}
+    [(_, alerts)] = n.sent
+    assert [a.id for a in alerts] == ["b1"]
