@@ -58,6 +58,7 @@ from streams.alerting.counting import (
     window_start,
 )
 from streams.alerting.delivery import Dispatcher, ElasticsearchDeliveryLog
+from streams.alerting.lifecycle import AlertTracker
 from streams.alerting.subscriptions import parse_subscriptions
 from streams.alerting.watch import AlertingConfig, Watch, series_key
 from streams.alerting.windowsets import WindowedSet
@@ -309,11 +310,15 @@ class AlertingStream:
             # Windows older than the tables keep are gone: resume at the oldest one still there.
             state["closed_until"] = max(float(state["closed_until"]), horizon - self._max_age)
             series = [(topic, None, self.topic_counts, state)]
-            if self.cfg.per_source:
-                for source in state.get("sources", ()):
-                    key = series_key(topic, source)
-                    sub = dict(self.series.get(key) or self.watch.new_state(float(state["closed_until"])))
-                    series.append((topic, source, self.source_counts, sub))
+            for source in state.get("sources", ()):
+                key = series_key(topic, source)
+                known = self.series.get(key)
+                # With per-source alerts turned off since, a source's alert still open is followed
+                # until its all clear, rather than left open for good.
+                if not self.cfg.per_source and not self._still_open(known):
+                    continue
+                sub = dict(known or self.watch.new_state(float(state["closed_until"])))
+                series.append((topic, source, self.source_counts, sub))
             for topic_, source, table, st in series:
                 key = series_key(topic_, source)
                 due = self.watch.due(st, horizon)
@@ -327,6 +332,11 @@ class AlertingStream:
                 if source is None:
                     new_state["sources"] = st.get("sources", [])
                 self.series[key] = new_state
+
+    def _still_open(self, state: Mapping[str, Any] | None) -> bool:
+        if not state or not state.get("tracker"):
+            return False
+        return bool(AlertTracker.from_state(self.cfg.lifecycle, state["tracker"]).open_alert_ids())
 
     async def _publish(self, alert: Alert) -> None:
         log.info("alert %s %s: topic %s%s, %s, observed %.0f vs expected %.1f", alert.id, alert.status,
