@@ -400,23 +400,23 @@ def _betacf(a: float, b: float, x: float, max_iter: int = 5000, eps: float = 1e-
 def _typed(d: dict[str, Any], what: str) -> dict[str, Any]:
     """Settings as the dataclass types them: unknown names and values that are not numbers are
     errors here, rather than a TypeError on the first row scored."""
-    defaults = {f.name: f.default for f in fields(DetectorConfig)}
-    unknown = set(d) - set(defaults)
+    types = {f.name: str(f.type) for f in fields(DetectorConfig)}  # annotations, as text
+    unknown = set(d) - set(types)
     if unknown:
         raise ValueError(f"unknown {what}: {', '.join(sorted(unknown))}")
     out = dict(d)
     for name, value in d.items():
-        default = defaults[name]
+        kind = types[name]
         if name in ("severity_ratios", "severity_surprise"):
             out[name] = _numbers(value, what, name)
-        elif isinstance(default, int | float) and not isinstance(default, bool):
+        elif kind == "float":
+            out[name] = _number(value, what, name)
+        elif kind == "int":
             number = _number(value, what, name)
-            if isinstance(default, int):
-                if number != int(number):
-                    raise ValueError(f"{what}: {name} must be a whole number, got {value!r}")
-                number = int(number)
-            out[name] = number
-        elif isinstance(default, str):
+            if number != int(number):
+                raise ValueError(f"{what}: {name} must be a whole number, got {value!r}")
+            out[name] = int(number)
+        elif kind == "str":
             out[name] = str(value)
     return out
 

@@ -292,8 +292,10 @@ def test_a_topics_bad_settings_are_refused_when_the_config_loads(own, says):
 
 
 def test_settings_given_as_text_are_numbers_once_loaded():
-    cfg = DetectorConfig.from_dict({"threshold": "0.4", "topics": {"outage": {"min_count": "3", "reopen_after": 6.0}}})
+    cfg = DetectorConfig.from_dict({"threshold": "0.4", "warmup_minutes": 0.25,
+                                    "topics": {"outage": {"min_count": "3", "reopen_after": 6.0}}})
     assert cfg.threshold == 0.4
+    assert cfg.warmup_minutes == 0.25  # a fraction, though the default (24 * 60) is a whole number
     outage = cfg.for_topic("outage")
     assert outage.min_count == 3.0 and isinstance(outage.reopen_after, int) and outage.reopen_after == 6
     Detector(outage).observe(datetime(2025, 1, 1, tzinfo=UTC), 4)  # scores without a TypeError
