@@ -220,6 +220,29 @@ def test_a_burst_the_topic_has_every_day_scores_lower_than_a_first(two_weeks):
     assert det.observe(ts, 10.0 * daily_rate(ts)).is_anomalous
 
 
+def test_a_repeat_of_an_earlier_spike_pages_only_where_the_topic_trusts_the_model():
+    # A steady topic (20 a minute), and the same 3-minute spike of 150 a minute on day 3 and
+    # day 5. The topic's own record remembers the first: by default the repeat counts as no
+    # rarer than it has been, and stays under the threshold. deploy/earful.yaml turns the record
+    # off for outage, where every repeat must page.
+    import yaml
+
+    from streams.settings import PROJECT_ROOT
+
+    shipped = yaml.safe_load((PROJECT_ROOT / "deploy" / "earful.yaml").read_text())["alerting"]["detector"]
+    rng = random.Random(3)
+    spikes = {START + timedelta(days=d, hours=14, minutes=m) for d in (3, 5) for m in range(3)}
+    rows = [(ts, 150.0 if ts in spikes else float(poisson(rng, 20.0)))
+            for ts in (START + i * MINUTE for i in range(6 * 24 * 60))]
+    alerted = {}
+    for name, cfg in (("default", DetectorConfig()),
+                      ("outage", DetectorConfig.from_dict(shipped).for_topic("outage"))):
+        scored = {o.ts: o for o in run(Detector(cfg), rows)}
+        alerted[name] = [any(scored[ts].is_anomalous for ts in sorted(spikes) if ts.day == START.day + d)
+                         for d in (3, 5)]
+    assert alerted == {"default": [True, False], "outage": [True, True]}
+
+
 def test_calibration_never_makes_a_row_more_surprising(two_weeks):
     rows = with_daily_bursts(two_weeks[: 4 * 24 * 60], 2.5)
     plain = run(Detector(DetectorConfig(calibration_half_life_minutes=0)), rows)
