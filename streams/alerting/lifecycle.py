@@ -10,14 +10,14 @@ Per (topic, source-or-None) an episode goes::
 "Calm" means the observed count is back at or below ``expected × calm_factor``, not merely
 below the alert threshold: a spike that hovers just under the threshold is still a spike,
 and resolving it would reopen it a minute later. A window below the detector's count floor
-(``calm_below``) is calm too, since it could never open an alert: on a topic with a mention an
+(``calm_below``) that the detector does not flag is calm too: on a topic with a mention an
 hour, 2 a minute after a spike is over, not "twenty times the usual".
 
 A spike within the cooldown after a resolve is the same episode: its alert opens again (same
-id, status "open", a later sequence) rather than a new alert, so nothing is lost and the
-"all clear" is taken back where it was premature. Each time an alert comes back, the calm
-windows it needs before the next resolve double, so a topic that flaps between busy and calm
-sends fewer messages, not a storm.
+id, status "open", a later sequence, a severity no lower than before) rather than a new alert,
+so nothing is lost and the "all clear" is taken back where it was premature. Each time an
+alert comes back, the calm windows it needs before the next resolve double (at most twice), so
+a topic that flaps between busy and calm sends fewer messages, not a storm.
 
 The tracker is pure: it is fed one window at a time and returns the ``Alert`` event to emit,
 or None. Its state is a JSON-serialisable dict so the worker can keep it in a Faust table:
@@ -46,6 +46,10 @@ __all__ = ["SEVERITIES", "AlertTracker", "LifecycleConfig", "alert_id", "kibana_
 SEVERITIES: tuple[Severity, ...] = ("info", "minor", "major", "critical")
 _RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
 STATE_VERSION = 1
+# An alert that came back needs twice the calm windows before its next all clear, and twice
+# again after a second return, but no more: calm is "at most calm_factor x expected", which
+# ordinary chatter breaks now and then, so a longer run could keep an alert open for days.
+MAX_DOUBLINGS = 2
 
 
 class LifecycleConfig(BaseModel):
@@ -170,7 +174,7 @@ class AlertTracker:
                         return None
                     ep["phase"], ep["cooldown_until"], ep["calm"] = "open", None, 0
                     ep["reopens"] = ep.get("reopens", 0) + 1
-                    ep["severity"] = sev
+                    ep["severity"] = _higher(sev, ep["severity"])  # as told before, or worse
                     ep["notified_observed"] = observed
                     self._record(ep, observed, expected, score, samples, top_terms, authors)
                     return self._emit(ep, topic, source, "open", window_start, now)
@@ -184,9 +188,11 @@ class AlertTracker:
         ep["last_window"] = window_start.isoformat()
         self._record(ep, observed, expected, score, samples, top_terms, authors)
 
-        if observed <= expected * self.cfg.calm_factor or observed < calm_below:
+        # Under the count floor is calm only if the detector agrees: its tests over the last half
+        # hour and the last hours can still flag a run of small windows.
+        if observed <= expected * self.cfg.calm_factor or (observed < calm_below and not is_anomalous):
             ep["calm"] += 1
-            if ep["calm"] >= self.cfg.calm_windows * 2 ** ep.get("reopens", 0):
+            if ep["calm"] >= self.cfg.calm_windows * 2 ** min(ep.get("reopens", 0), MAX_DOUBLINGS):
                 return self._resolve(ep, topic, source, window_start, now)
             return None
 

@@ -1,7 +1,8 @@
 """PagerDuty Events API v2: trigger on open/update, resolve on resolved, dedup_key = alert id.
 
-One incident per alert episode: updates re-trigger the same dedup_key, which PagerDuty folds
-into the open incident. The URL is configurable (EU service region, or a local test server).
+Updates re-trigger the same dedup_key, which PagerDuty folds into the open incident. An alert
+that comes back after its all clear (a spike within the cooldown) triggers that dedup_key again,
+which opens a new incident: the earlier one was resolved. The URL is configurable (EU service region, or a local test server).
 """
 
 from __future__ import annotations

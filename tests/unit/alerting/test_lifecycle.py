@@ -240,3 +240,40 @@ def test_the_kibana_link_opens_the_shipped_mentions_data_view_by_default() -> No
              if o["type"] == "index-pattern"}
     assert f"index:'{cfg.kibana_data_view}'" in url
     assert views[cfg.kibana_data_view or ""] == "earful-mentions*"
+
+
+def test_a_flagged_window_under_the_count_floor_is_not_calm() -> None:
+    # The detector's half-hour and level tests can flag a steady run of small windows: that rise
+    # stays one open alert, rather than resolving and coming back every few minutes.
+    feed = Feed(AlertTracker(CFG))
+    assert feed.step(30, expected=0.1) is not None
+    events = [feed.tracker.step(
+        topic="outage", source=None, window_start=feed.t + i * MIN, observed=4, expected=0.1, score=0.6,
+        is_anomalous=True, severity="minor", samples=[], top_terms=[], now=feed.t + (i + 1) * MIN,
+        calm_below=5.0) for i in range(30)]
+    assert [e for e in events if e is not None] == []
+
+
+def test_a_return_never_lowers_the_severity_subscribers_were_told() -> None:
+    feed = Feed(AlertTracker(CFG))
+    feed.step(80, severity="major")
+    for _ in range(3):
+        feed.step(5)
+    back = feed.step(40, severity="minor")
+    assert back is not None and back.status == "open" and back.severity == "major"
+
+
+def test_the_calm_needed_after_returns_stops_doubling() -> None:
+    # After the second return 12 calm windows (3 x 2 x 2) give the all clear, and after a third
+    # still 12, not 24: ordinary chatter breaks a long run of calm now and then.
+    feed = Feed(AlertTracker(CFG))
+    needed = []
+    feed.step(60)
+    for _ in range(4):
+        calm = 0
+        while (alert := feed.step(5)) is None:
+            calm += 1
+        assert alert.status == "resolved"
+        needed.append(calm + 1)
+        assert feed.step(60) is not None  # back within the cooldown
+    assert needed == [3, 6, 12, 12]
