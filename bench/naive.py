@@ -17,13 +17,13 @@ import orjson
 
 from schemas import Mention
 from streams.app import create_app
-from streams.settings import Settings, es_client_kwargs
+from streams.settings import es_client_kwargs, load_settings
 from streams.sinks.elasticsearch import make_client
 from streams.tagging import Tagger
 
 
 def main() -> None:
-    settings = Settings()
+    settings = load_settings()  # a bad value says which variable, never the value
     tagger = Tagger.load(settings.taxonomy, settings.model)
     app = create_app(settings)
     es = make_client(es_client_kwargs(settings))

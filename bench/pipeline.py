@@ -31,7 +31,7 @@ from bench.data import real_mentions
 from connectors.runner import encode_pages
 from schemas import Mention
 from streams import devstack
-from streams.settings import Settings, es_client_kwargs
+from streams.settings import Settings, es_client_kwargs, load_settings
 from streams.status import committed_offsets
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -236,7 +236,7 @@ def naive(settings: Settings, mentions: list[Mention], log_dir: Path, *, index_e
 
 
 def run(log_dir: Path, total: int | None = None, naive_total: int = 5000) -> dict[str, float]:
-    settings = Settings()
+    settings = load_settings()  # a bad value says which variable, never the value
     mentions = real_mentions(total)
     figures = {"mentions": float(len(mentions))}
 

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from connectors.base import FatalError
+from streams.settings import describe_errors
 
 
 class ConfigError(ValueError):
@@ -121,15 +122,6 @@ class SourceConfig(BaseModel):
         return self.enabled and not self.missing_credentials()
 
 
-def _describe_errors(exc: ValidationError) -> str:
-    # Never include the offending input: it could be a secret pasted in the wrong place.
-    parts = []
-    for error in exc.errors(include_input=False, include_url=False):
-        where = ".".join(str(p) for p in error["loc"]) or "(entry)"
-        parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)
-
-
 def parse_sources(raw: Any, *, origin: str = "config") -> list[SourceConfig]:
     """Validate the ``sources`` list; ConfigError says which entry and which field is wrong."""
     from connectors.registry import config_class, known_types
@@ -152,7 +144,7 @@ def parse_sources(raw: Any, *, origin: str = "config") -> list[SourceConfig]:
         try:
             source = cls.model_validate(entry)
         except ValidationError as exc:
-            raise ConfigError(f"{label}: {_describe_errors(exc)}") from None
+            raise ConfigError(f"{label}: {describe_errors(exc)}") from None
         if source.name in names:
             raise ConfigError(f"{label}: name {source.name!r} is used twice (names key the cursors)")
         names.add(source.name)
@@ -191,7 +183,7 @@ def parse_ingest(raw: Any, *, origin: str = "config") -> IngestConfig:
     try:
         return IngestConfig.model_validate(raw or {})
     except ValidationError as exc:
-        raise ConfigError(f"{origin}: ingest: {_describe_errors(exc)}") from None
+        raise ConfigError(f"{origin}: ingest: {describe_errors(exc)}") from None
 
 
 def load(config: dict[str, Any], *, origin: str = "config") -> tuple[list[SourceConfig], IngestConfig]:

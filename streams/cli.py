@@ -13,9 +13,8 @@ import os
 import sys
 
 import click
-from pydantic import ValidationError
 
-from streams.settings import Settings, settings_errors
+from streams.settings import load_settings
 
 COMMAND_MODULES = (
     "streams.commands.stack",
@@ -39,12 +38,9 @@ def cli(ctx: click.Context, verbose: int) -> None:
         for noisy in ("kafka", "aiokafka", "elastic_transport", "httpx", "faust", "mode"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        ctx.obj = Settings()
-    except ValidationError as exc:
-        raise click.ClickException(f"invalid settings: {settings_errors(exc)}") from exc
-    except Exception as exc:
-        raise click.ClickException(f"invalid settings: {exc}") from exc
-
+        ctx.obj = load_settings()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _register() -> None:

@@ -9,6 +9,7 @@ separately, by :meth:`Settings.config`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -150,12 +151,27 @@ def es_client_kwargs(settings: Settings) -> dict[str, Any]:
     return kwargs
 
 
-def settings_errors(exc: ValidationError) -> str:
-    """Every bad variable and why, without the values given: a check across settings would
-    otherwise print every setting's value, secrets included."""
+def describe_errors(exc: ValidationError, name: Callable[[tuple[Any, ...]], str] | None = None) -> str:
+    """Every bad field and why, without the values given: a value may be a secret pasted in the
+    wrong place, and a check across fields would otherwise print every field's value.
+    ``name`` says how a field's location reads (default: dotted)."""
+    name = name or (lambda loc: ".".join(str(part) for part in loc) or "(entry)")
     lines = []
     for error in exc.errors(include_input=False, include_url=False):
-        name = "EARFUL_" + "_".join(str(part) for part in error["loc"]).upper() if error["loc"] else ""
         message = str(error["msg"]).removeprefix("Value error, ")
-        lines.append(f"{name}: {message}" if name else message)
+        lines.append(f"{name(error['loc'])}: {message}" if error["loc"] else message)
     return "; ".join(lines)
+
+
+def settings_errors(exc: ValidationError) -> str:
+    """``describe_errors`` naming each setting as its ``EARFUL_`` variable."""
+    return describe_errors(exc, lambda loc: "EARFUL_" + "_".join(str(part) for part in loc).upper())
+
+
+def load_settings() -> Settings:
+    """Settings from the environment. A bad value is a ValueError that names its ``EARFUL_``
+    variable and never prints the value (it may be a secret)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ValueError(f"invalid settings: {settings_errors(exc)}") from None

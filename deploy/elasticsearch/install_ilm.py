@@ -49,15 +49,14 @@ def first_index(alias: str) -> str:
 
 def main() -> int:
     from elasticsearch import Elasticsearch
-    from pydantic import ValidationError
 
     from schemas import index_templates
-    from streams.settings import Settings, es_client_kwargs, settings_errors
+    from streams.settings import es_client_kwargs, load_settings
 
     try:
-        settings = Settings()
-    except ValidationError as exc:
-        print(f"invalid settings: {settings_errors(exc)}", file=sys.stderr)
+        settings = load_settings()
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
         return 2
     alias = settings.index_mentions
     es = Elasticsearch(**es_client_kwargs(settings))
