@@ -58,6 +58,8 @@ def _seconds_until(when_text: str, date_text: str | None) -> float | None:
 #: a path segment, query value or user name this long is taken for a token and hidden wherever it
 #: appears (Slack's and Teams' tokens are longer; "services", "IncomingWebhook" are not)
 _TOKEN_LENGTH = 16
+#: shorter than this, a part is no secret worth garbling an answer for ("/1" in "HTTP/1.1")
+_SHORTEST_SECRET = 6
 
 
 def _secrets(raw_url: str) -> list[str]:
@@ -74,7 +76,7 @@ def _secrets(raw_url: str) -> list[str]:
     found: set[str] = set()
     for part in [path, parts.query, parts.fragment, parts.netloc.rpartition("@")[0], password,
                  *(piece for piece in pieces if len(unquote(piece)) >= _TOKEN_LENGTH)]:
-        if part:
+        if len(unquote(part)) >= _SHORTEST_SECRET:
             plain = unquote(part)
             found |= {part, plain, quote(plain, safe="/"), quote(plain, safe="")}
     return sorted(found, key=len, reverse=True)

@@ -343,3 +343,15 @@ async def test_a_receiver_answering_a_byte_at_a_time_is_cut_off() -> None:
         assert "secret" not in str(info.value)
     finally:
         server.close()
+
+
+async def test_a_short_path_is_not_redacted_out_of_the_answer() -> None:
+    # "/1" and a one-letter password are no secrets worth garbling "HTTP/1.1" or every "e" for.
+    def refused(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, text="HTTP/1.1 404: no route here")
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(refused))
+    channel = WebhookChannel(type="webhook", url="https://u:e@hooks.example.com/1", secret="hook-s3cret")
+    with pytest.raises(PermanentDeliveryError) as info:
+        await build_notifier(channel, client).send(ALERT, "k")
+    assert str(info.value) == "https://hooks.example.com answered 404: HTTP/1.1 404: no route here"
