@@ -158,7 +158,10 @@ class BlueskyConnector(HttpConnector):
         # bsky.app opens a post by its author's DID (at://<did>/app.bsky.feed.post/<rkey>) as well as
         # by handle: with pseudonymous authors the link names the DID, which the post's id holds anyway.
         repo = str(post["uri"]).removeprefix("at://").split("/", 1)[0]
-        profile = repo if self.pseudonymise.hides and repo.startswith("did:") else author.get("handle") or author.get("did")
+        if self.pseudonymise.hides:  # no handle, even where the post's id names one
+            profile = repo if repo.startswith("did:") else author.get("did")
+        else:
+            profile = author.get("handle") or author.get("did")
         langs = record.get("langs") or []
         parent = ((record.get("reply") or {}).get("parent") or {}).get("uri")
         return Mention.build(

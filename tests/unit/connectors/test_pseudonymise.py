@@ -118,3 +118,19 @@ async def test_a_pseudonymised_link_still_opens_the_same_post(case: Case) -> Non
             assert mention.url == f"https://bsky.app/profile/{did}/post/{rkey}"
         # Only the part that named the author changed.
         assert mention.url.rsplit("/", 1)[-1] == plain[native_id].url.rsplit("/", 1)[-1]
+
+
+@pytest.mark.parametrize(("did", "url"), [
+    ("did:plc:abc123", "https://bsky.app/profile/did:plc:abc123/post/3kxyz"),
+    (None, None),  # no DID to open it by: no link, rather than one that names the author
+])
+def test_a_bluesky_post_whose_id_names_its_author_gets_no_handle_in_its_link(did: str | None, url: str | None) -> None:
+    from connectors.http import Native
+
+    connector = build({"name": "bsky-test", "type": "bluesky", "base_url": "http://127.0.0.1:9",
+                       "pds_url": "http://127.0.0.1:9", "queries": ["myGov"]}, author_key=KEY)
+    post = {"uri": "at://kaz.bsky.social/app.bsky.feed.post/3kxyz",
+            "author": {"handle": "kaz.bsky.social", **({"did": did} if did else {})},
+            "record": {"text": "is myGov down?", "createdAt": "2026-11-23T09:00:00Z"}}
+    mention = connector.to_mention(Native(post, "myGov"))  # type: ignore[attr-defined]
+    assert mention.url == url and mention.author == ANON("kaz.bsky.social")
