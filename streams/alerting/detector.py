@@ -26,7 +26,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, get_type_hints
 from zoneinfo import ZoneInfo
 
 from streams.alerting.baseline import (
@@ -400,8 +400,8 @@ def _betacf(a: float, b: float, x: float, max_iter: int = 5000, eps: float = 1e-
 def _typed(d: dict[str, Any], what: str) -> dict[str, Any]:
     """Settings as the dataclass types them: unknown names and values that are not numbers are
     errors here, rather than a TypeError on the first row scored."""
-    types = {f.name: str(f.type) for f in fields(DetectorConfig)}  # annotations, as text
-    unknown = set(d) - set(types)
+    types = get_type_hints(DetectorConfig)
+    unknown = set(d) - {f.name for f in fields(DetectorConfig)}
     if unknown:
         raise ValueError(f"unknown {what}: {', '.join(sorted(unknown))}")
     out = dict(d)
@@ -409,14 +409,14 @@ def _typed(d: dict[str, Any], what: str) -> dict[str, Any]:
         kind = types[name]
         if name in ("severity_ratios", "severity_surprise"):
             out[name] = _numbers(value, what, name)
-        elif kind == "float":
+        elif kind is float:
             out[name] = _number(value, what, name)
-        elif kind == "int":
+        elif kind is int:
             number = _number(value, what, name)
             if number != int(number):
                 raise ValueError(f"{what}: {name} must be a whole number, got {value!r}")
             out[name] = int(number)
-        elif kind == "str":
+        elif kind is str:
             out[name] = str(value)
     return out
 
