@@ -11,14 +11,16 @@ A record's status::
     pending     claimed for sending, or failed with a retriable error: retried by retry_due()
     sent        delivered
     superseded  a later event of the same alert went out first (e.g. a night's updates
-                collapsed into the morning's one message), or an all clear for an alert this
-                subscriber was never told of (there is nothing for it to clear)
+                collapsed into the morning's one message), or an all clear with nothing to
+                clear: its alert was never announced to this subscriber, or their last
+                message of it was its all clear and they were not told it was back (the
+                alert's waiting events it makes moot are superseded with it)
     failed      a permanent error, or still failing ``give_up_after`` after its first send
                 attempt (time spent held does not count): logged at ERROR and kept in the log
                 for the ops team, never silently dropped
     cancelled   not sent: when it came due the subscription no longer wanted it (it was
-                disabled, or its topics, sources or min_severity changed since the event was
-                held or first tried); ``error`` says why
+                disabled or removed from the config, or its topics, sources or min_severity
+                changed since the event was held or first tried); ``error`` says why
 
 A sent record's ``error`` notes a partial delivery (e.g. mail recipients the server refused).
 An unexpected error while handling one subscription (a bug, a library surprise) is logged with
@@ -26,11 +28,25 @@ its traceback and recorded on that delivery as a retriable failure; the other su
 are still served. Only an error that cannot be recorded at all (the log itself is down) is
 raised, after every subscription had its turn.
 
-An all clear (a resolve) goes straight to a subscriber who was sent an earlier event of its
-alert, whatever the quiet hours or cooldown: an incident opened at 21:55 is closed when it is
-over, not at 07:00. A subscriber who was sent none of them gets it the way the alert's waiting
-events go: held with them and released together, when it supersedes them. It never goes out
-alone to someone who was not told of the alert.
+An alert can reopen: a spike back soon after its all clear (within the lifecycle's cooldown) is
+the same alert again (status "open", a later sequence). So what a subscriber was told of an
+alert goes by the latest event of it they were sent (status sent): they believe it is open
+unless that event is its all clear.
+
+An all clear (a resolve) goes straight to a subscriber who believes its alert is open, whatever
+the quiet hours, cooldown or its severity: an incident opened at 21:55 is closed when it is over,
+not at 07:00. To one whose latest message of the alert was its all clear (the reopen is still
+held for the night) it is not sent, and the reopen it makes moot is superseded with it: they
+would get a second all clear for nothing. A subscriber who was sent none of its events gets it
+the way the alert's waiting events go: held with them and released together, when it supersedes
+them. It never goes out alone to someone who was not told of the alert. (A digest subscriber
+gets the alert's latest event in the period's digest, all clear or not.)
+
+A subscription's cooldown separates the alerts of a topic: after a message about the topic, its
+other alerts' events, and the updates of an alert, wait until the cooldown has passed since
+that message (critical ones do not wait). The reopen of an alert this subscriber was sent an
+earlier event of ("Spike back in") is not held by it: it is the sequel of what they were told,
+not a new episode of the topic.
 
 Quiet hours apply to every send, not only the first: a retry of a failed delivery, or one
 held for a cooldown, that comes due at night waits for the morning like a new alert would.
@@ -47,9 +63,9 @@ meet the new owner's first send: the lock does not reach across workers.)
 
 The rules are those of the subscription as it is when a delivery goes out, not when it was held:
 a held or pending delivery that comes due is checked against the current subscription first.
-An all clear to a subscriber who was sent an earlier event of its alert is still wanted if only
-its severity no longer matches (``Subscription.refusal``), and is sent as it would be to any
-matching subscriber; a disabled subscription gets nothing.
+An all clear to a subscriber who believes its alert is open is still wanted if only its
+severity no longer matches (``Subscription.refusal``), and is sent as it would be to any
+matching subscriber; a disabled subscription, or one removed from the config, gets nothing.
 
 Records live in a ``DeliveryLog``: Elasticsearch in the worker (``index_deliveries``), a dict in
 unit tests. Held and pending records carry the alert, so a restarted worker still sends them.
@@ -146,7 +162,7 @@ class DeliveryLog(Protocol):
     async def put(self, record: DeliveryRecord) -> None: ...
     async def due(self, now: datetime, limit: int = 500) -> list[DeliveryRecord]: ...
     async def last_sent(self, subscription: str, topic: str) -> datetime | None: ...
-    async def latest_sent_sequence(self, subscription: str, alert_id: str) -> int | None: ...
+    async def latest_sent(self, subscription: str, alert_id: str) -> DeliveryRecord | None: ...
     async def waiting(self, subscription: str, alert_id: str) -> list[DeliveryRecord]: ...
 
 
@@ -170,10 +186,10 @@ class InMemoryDeliveryLog:
                  if r.subscription == subscription and r.topic == topic and r.status == "sent"]
         return max(times, default=None)
 
-    async def latest_sent_sequence(self, subscription: str, alert_id: str) -> int | None:
-        seqs = [r.sequence for r in self.records.values()
+    async def latest_sent(self, subscription: str, alert_id: str) -> DeliveryRecord | None:
+        sent = [r for r in self.records.values()
                 if r.subscription == subscription and r.alert_id == alert_id and r.status == "sent"]
-        return max(seqs, default=None)
+        return max(sent, key=lambda r: r.sequence, default=None)
 
     async def waiting(self, subscription: str, alert_id: str) -> list[DeliveryRecord]:
         return [r for r in self.records.values()
@@ -223,13 +239,13 @@ class ElasticsearchDeliveryLog:
         )
         return hits[0].at if hits else None
 
-    async def latest_sent_sequence(self, subscription: str, alert_id: str) -> int | None:
+    async def latest_sent(self, subscription: str, alert_id: str) -> DeliveryRecord | None:
         hits = await self._search(
             [{"term": {"subscription": subscription}}, {"term": {"alert_id": alert_id}},
              {"term": {"status": "sent"}}],
             [{"sequence": {"order": "desc"}}], 1,
         )
-        return hits[0].sequence if hits else None
+        return hits[0] if hits else None
 
     async def waiting(self, subscription: str, alert_id: str) -> list[DeliveryRecord]:
         return await self._search(
@@ -367,10 +383,10 @@ class Dispatcher:
 
     async def _refusal(self, sub: Subscription, alert: Alert) -> str | None:
         """Why ``sub`` does not want ``alert`` now, or None: its rules, with the all clear of an
-        alert it was sent an earlier event of wanted whatever its severity."""
+        alert it was last told is open wanted whatever its severity."""
         why = sub.refusal(alert)
         if (why is not None and alert.status == "resolved" and sub.refusal(alert, told=True) is None
-                and await self.log.latest_sent_sequence(sub.name, alert.id) is not None):
+                and _believes_open(await self.log.latest_sent(sub.name, alert.id))):
             return None
         return why
 
@@ -403,10 +419,14 @@ class Dispatcher:
         return [await self._put_held(record, *hold)]
 
     async def _all_clear(self, sub: Subscription, record: DeliveryRecord) -> list[DeliveryRecord]:
-        """A resolve: at once to a subscriber who heard of the alert; held with the alert's waiting
-        events for one who has not yet; not at all to one who never will (see the module doc)."""
-        if await self.log.latest_sent_sequence(sub.name, record.alert_id) is not None:
+        """A resolve: at once to a subscriber who was last told the alert is open; not at all to
+        one last told it was over (and not that it was back); held with the alert's waiting events
+        for one who has not heard of it yet; not at all to one who never will (see the module doc)."""
+        last = await self.log.latest_sent(sub.name, record.alert_id)
+        if _believes_open(last):
             return await self._deliver(sub, [record], self.policy.inline_attempts)
+        if last is not None:
+            return await self._nothing_to_clear(record, last, self.clock())
         until = await self._waiting_until(record)
         if until is not None:
             return [await self._put_held(record, "with_alert", until)]
@@ -416,6 +436,24 @@ class Dispatcher:
         log.info("not sending the all clear of alert %s #%d to %s: it never heard of the alert",
                  record.alert_id, record.sequence, sub.name)
         return [moot]
+
+    async def _nothing_to_clear(self, record: DeliveryRecord, last: DeliveryRecord,
+                                now: datetime) -> list[DeliveryRecord]:
+        """An all clear for one whose latest message of the alert was its all clear (``last``):
+        they were not told it was back, so it is not sent, and neither are the alert's earlier
+        events still waiting (the reopen held for the night): the alert is over again."""
+        results: list[DeliveryRecord] = []
+        for waiting in await self.log.waiting(record.subscription, record.alert_id):
+            if waiting.id != record.id and waiting.sequence < record.sequence:
+                await self._supersede(waiting, record.sequence, now, results)
+        moot = record.but(status="superseded", at=now, next_attempt_at=None,
+                          error=f"not sent: the subscriber's last message of the alert was its all clear "
+                                f"(event #{last.sequence}); they were not told it was back")
+        await self.log.put(moot)
+        log.info("not sending the all clear of alert %s #%d to %s: it was not told the alert was back",
+                 record.alert_id, record.sequence, record.subscription)
+        results.append(moot)
+        return results
 
     async def _waiting_until(self, record: DeliveryRecord) -> datetime | None:
         """When the first other unsent event of this alert to this subscriber is due, if any."""
@@ -468,9 +506,15 @@ class Dispatcher:
             return "quiet_hours", quiet_until
         if sub.cooldown:
             last = await self.log.last_sent(sub.name, alert.topic)
-            if last is not None and now < last + sub.cooldown:
+            if last is not None and now < last + sub.cooldown and not await self._reopen_of_told(sub, alert):
                 return "cooldown", last + sub.cooldown
         return None
+
+    async def _reopen_of_told(self, sub: Subscription, alert: Alert) -> bool:
+        """Whether ``alert`` reopens an alert ``sub`` was sent an earlier event of: the sequel of
+        what it was told, not a new episode of the topic, so not held by the cooldown."""
+        return (alert.status == "open" and alert.sequence > 0
+                and await self.log.latest_sent(sub.name, alert.id) is not None)
 
     async def retry_due(self, now: datetime | None = None, *,
                         still_mine: Callable[[], bool] | None = None) -> list[DeliveryRecord]:
@@ -511,12 +555,13 @@ class Dispatcher:
             return results
         sub = self.subscriptions.get(name)
         if sub is None:
+            # Removed from the config: as for a disabled one, nothing is sent, and nothing failed.
+            why = f"subscription {name} is no longer configured"
             for record in records:
-                failed = record.but(status="failed", error="subscription no longer configured", at=now,
-                                    next_attempt_at=None)
-                log.error("delivery %s failed: subscription %s is no longer configured", record.id, name)
-                await self.log.put(failed)
-                results.append(failed)
+                done = record.but(status="cancelled", error=f"not sent: {why}", at=now, next_attempt_at=None)
+                await self.log.put(done)
+                log.info("not sending alert %s #%d to %s: %s", record.alert_id, record.sequence, name, why)
+                results.append(done)
             return results
         # The subscription may have changed since these were held (a restart with a new config).
         records = await self._drop_unwanted(sub, records, now, results)
@@ -529,7 +574,7 @@ class Dispatcher:
             # did get the first try drops the retry by its key, and the newer events come anyway.)
             batches: dict[str | None, list[DeliveryRecord]] = defaultdict(list)
             for record in latest:
-                sent_seq = await self.log.latest_sent_sequence(sub.name, record.alert_id)
+                sent_seq = _sequence(await self.log.latest_sent(sub.name, record.alert_id))
                 if record.digest_key is None and sent_seq is not None and sent_seq > record.sequence:
                     # A newer event of its alert went out first (a critical one, through quiet hours).
                     await self._supersede(record, sent_seq, now, results)
@@ -544,19 +589,24 @@ class Dispatcher:
                 results.extend(await self._deliver(sub, batch, min(self._tries(r) for r in batch)))
             return results
         (record,) = latest
-        sent_seq = await self.log.latest_sent_sequence(sub.name, record.alert_id)
+        last = await self.log.latest_sent(sub.name, record.alert_id)
+        sent_seq = _sequence(last)
         if sent_seq is not None and sent_seq > record.sequence:
             await self._supersede(record, sent_seq, now, results)
             return results
-        if record.alert_status == "resolved" and sent_seq is None:
+        if record.alert_status == "resolved" and last is not None and not _believes_open(last):
+            # They were last told the alert was over, and not that it was back.
+            results.extend(await self._nothing_to_clear(record, last, now))
+            return results
+        if record.alert_status == "resolved" and last is None:
             # Its alert's earlier events are still on their way (a retry): the all clear goes with them.
             until = await self._waiting_until(record)
             if until is not None:
                 results.append(await self._put_held(record, "with_alert", until))
                 return results
         # A retry, or a delivery whose cooldown ended, that came due in quiet hours waits as a first
-        # send would: critical goes through, and so does an all clear to one who heard of the alert.
-        through = record.severity == "critical" or (record.alert_status == "resolved" and sent_seq is not None)
+        # send would: critical goes through, and so does an all clear to one told the alert is open.
+        through = record.severity == "critical" or (record.alert_status == "resolved" and _believes_open(last))
         quiet_until = None if through else sub.quiet_until(now)
         if quiet_until is not None:
             results.append(await self._put_held(record, "quiet_hours", quiet_until, now))
@@ -653,6 +703,16 @@ class Dispatcher:
         key = f"test:{alert.id}:{alert.sequence}:{name}"
         outcome = await self._attempt(lambda: notifier.send(alert, key), self.policy.inline_attempts)
         return outcome.ok, outcome.attempts, outcome.error
+
+
+def _believes_open(last_sent: DeliveryRecord | None) -> bool:
+    """Whether a subscriber whose latest sent event of an alert is ``last_sent`` was last told
+    the alert is open (it was sent an event of it, and that event is not its all clear)."""
+    return last_sent is not None and last_sent.alert_status != "resolved"
+
+
+def _sequence(record: DeliveryRecord | None) -> int | None:
+    return record.sequence if record is not None else None
 
 
 def _first_attempt(record: DeliveryRecord, now: datetime) -> datetime | None:

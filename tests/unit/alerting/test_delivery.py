@@ -338,7 +338,7 @@ async def test_a_failed_digest_is_retried_under_its_own_key_and_later_events_go_
     assert log.records["a1:0:ops"].digest_key == first_try
 
 
-async def test_removed_subscription_is_recorded_as_failed() -> None:
+async def test_a_removed_subscriptions_due_deliveries_are_cancelled_not_failed() -> None:
     log = InMemoryDeliveryLog()
     clock = Clock(NOON)
     quiet = {"start": "22:00", "end": "07:00", "timezone": "Australia/Sydney"}
@@ -347,7 +347,9 @@ async def test_removed_subscription_is_recorded_as_failed() -> None:
     await d1.dispatch(alert())
     d2 = Dispatcher([], log, clock=clock)
     [record] = await d2.retry_due(MORNING)
-    assert record.status == "failed" and "no longer configured" in (record.error or "")
+    # Removed from the config on purpose, like a disabled one: not a delivery failure to chase.
+    assert record.status == "cancelled" and record.error == "not sent: subscription ops is no longer configured"
+    assert record.next_attempt_at is None and log.records[record.id] == record
 
 
 @pytest.mark.parametrize(("asked", "waits"), [
@@ -396,16 +398,16 @@ async def test_an_unexpected_error_for_one_subscriber_is_recorded_and_the_others
 
 
 class FlakyLog(InMemoryDeliveryLog):
-    """A delivery log whose sent-sequence lookup fails for one subscription."""
+    """A delivery log whose latest-sent lookup fails for one subscription."""
 
     def __init__(self, broken_for: str) -> None:
         super().__init__()
         self.broken_for = broken_for
 
-    async def latest_sent_sequence(self, subscription: str, alert_id: str) -> int | None:
+    async def latest_sent(self, subscription: str, alert_id: str) -> DeliveryRecord | None:
         if subscription == self.broken_for:
             raise RuntimeError("search failed")
-        return await super().latest_sent_sequence(subscription, alert_id)
+        return await super().latest_sent(subscription, alert_id)
 
 
 async def test_retry_due_isolates_each_subscribers_deliveries() -> None:
@@ -845,3 +847,76 @@ async def test_a_digest_drops_what_the_subscription_no_longer_covers() -> None:
     assert {r.id: r.status for r in results} == {"a1:0:ops": "cancelled", "b1:0:ops": "sent"}
     [(_, alerts)] = n.sent
     assert [a.id for a in alerts] == ["b1"]
+
+
+# Reopened alerts: the lifecycle re-opens an alert whose spike comes back within its cooldown
+# (same id, status "open", a later sequence).
+
+
+async def test_an_all_clear_to_one_who_last_heard_the_alert_was_over_is_not_sent() -> None:
+    n = FakeNotifier()
+    d, log, clock, _ = make([sub(quiet_hours=QUIET)], {"ops": n})
+    assert [r.status for r in await d.dispatch(alert(0))] == ["sent"]
+    assert [r.status for r in await d.dispatch(alert(1, status="resolved"))] == ["sent"]
+    clock.now = NIGHT
+    [held] = await d.dispatch(alert(2))  # back at 23:00: the reopen waits for the morning
+    assert held.status == "held" and held.reason == "quiet_hours"
+    clock.now = NIGHT + timedelta(minutes=10)
+    # Over again at 23:10: this subscriber was never told it was back, so there is nothing to clear.
+    results = {r.id: r for r in await d.dispatch(alert(3, status="resolved"))}
+    assert results["a1:3:ops"].status == "superseded"
+    assert "not told it was back" in (results["a1:3:ops"].error or "")
+    # ...and the reopen it makes moot is not sent in the morning either.
+    assert log.records["a1:2:ops"].status == "superseded" and log.records["a1:2:ops"].next_attempt_at is None
+    clock.now = MORNING
+    assert await d.retry_due() == []
+    assert [k for k, _ in n.sent] == ["a1:0:ops", "a1:1:ops"]
+
+
+async def test_an_all_clear_to_one_told_the_alert_was_back_goes_through_quiet_hours() -> None:
+    n = FakeNotifier()
+    d, log, clock, _ = make([sub(quiet_hours=QUIET, min_severity="major")], {"ops": n})
+    await d.dispatch(alert(0))
+    await d.dispatch(alert(1, status="resolved"))
+    clock.now = NIGHT - timedelta(hours=2)  # 21:00: back, and told at once
+    assert [r.status for r in await d.dispatch(alert(2))] == ["sent"]
+    clock.now = NIGHT
+    # Over again at 23:00: they believe it is open, so the all clear goes now, whatever its severity.
+    [resolved] = await d.dispatch(alert(3, status="resolved", severity="minor"))
+    assert resolved.status == "sent"
+    assert [k for k, _ in n.sent] == ["a1:0:ops", "a1:1:ops", "a1:2:ops", "a1:3:ops"]
+
+
+async def test_a_due_all_clear_to_one_who_last_heard_the_alert_was_over_is_not_sent() -> None:
+    # e.g. a retry of an all clear left in the log by an earlier version of the worker.
+    n = FakeNotifier()
+    d, log, clock, _ = make([sub()], {"ops": n})
+    await d.dispatch(alert(0))
+    await d.dispatch(alert(1, status="resolved"))
+    await log.put(DeliveryRecord.new(alert(3, status="resolved"), sub(), NOON).but(
+        attempts=1, error="503", next_attempt_at=NOON))
+    [record] = await d.retry_due()
+    assert record.status == "superseded" and "not told it was back" in (record.error or "")
+    assert [k for k, _ in n.sent] == ["a1:0:ops", "a1:1:ops"]
+
+
+async def test_a_cooldown_does_not_hold_the_reopen_of_an_alert_the_subscriber_was_sent() -> None:
+    n = FakeNotifier()
+    d, log, clock, _ = make([sub(cooldown="1h", topics=["*"])], {"ops": n})
+    assert [r.status for r in await d.dispatch(alert(0))] == ["sent"]
+    clock.now = NOON + timedelta(minutes=10)
+    assert [r.status for r in await d.dispatch(alert(1, status="resolved"))] == ["sent"]
+    clock.now = NOON + timedelta(minutes=15)
+    # "Spike back in": the sequel of what they were just told, not a new episode of the topic.
+    [reopen] = await d.dispatch(alert(2))
+    assert reopen.status == "sent" and reopen.reason is None
+    # The cooldown still holds the reopened alert's updates, and the topic's other alerts.
+    clock.now = NOON + timedelta(minutes=20)
+    [update] = await d.dispatch(alert(3, status="update"))
+    assert update.reason == "cooldown" and update.next_attempt_at == NOON + timedelta(minutes=75)
+    [other] = await d.dispatch(alert(0, id="a2"))
+    assert other.reason == "cooldown"
+    # A reopen of an alert this subscriber was never sent is a new episode to it: held.
+    [unheard] = await d.dispatch(alert(2, id="a3"))
+    assert unheard.reason == "cooldown"
+    assert [k for k, _ in n.sent] == ["a1:0:ops", "a1:1:ops", "a1:2:ops"]
