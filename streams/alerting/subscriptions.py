@@ -26,11 +26,12 @@ Rules the dispatcher applies (see delivery.py):
   Times are local wall-clock times, "HH:MM" (an unquoted 22:00, which YAML reads as the number
   1320, is read back as 22:00).
 - Cooldown: after a message about a topic, further open/update events of that topic are held
-  until the cooldown ends; critical alerts are not held back.
-- All clear: a resolve goes at once to a subscriber who was sent an earlier event of its alert,
-  whatever the quiet hours or cooldown. To one who was not, it goes with the alert's held events
-  (replacing them, as the latest event); with no such events it is not sent: there is nothing
-  to clear for someone who never heard of the alert.
+  until the cooldown ends; critical alerts are not held back, and neither is the return of an
+  alert the subscriber was told of (a spike back soon after its all clear).
+- All clear: a resolve goes at once to a subscriber whose latest message of its alert said it
+  was open, whatever the quiet hours or cooldown. To one who was not told of the alert, it goes
+  with the alert's held events (replacing them, as the latest event); with no such events, or
+  when their latest message was already the all clear, it is not sent: there is nothing to clear.
 - Digest: events are collected and sent as one message per period, on period boundaries; a
   period that ends in quiet hours goes out when they end (critical alerts do not wait).
   Boundaries follow the local clock of ``quiet_hours.timezone`` (UTC without quiet hours): a
