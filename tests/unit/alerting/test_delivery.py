@@ -788,7 +788,14 @@ async def test_a_held_delivery_the_subscription_no_longer_wants_is_cancelled_not
     assert n.sent == []
 
 
-async def test_a_pending_all_clear_to_one_told_of_the_alert_goes_out_whatever_its_severity_now() -> None:
+@pytest.mark.parametrize(("changed", "status", "sent"), [
+    # min_severity raised since: the open went out, so its all clear still does.
+    ({"min_severity": "critical"}, "sent", ["a1:0:ops", "a1:1:ops"]),
+    # disabled since: nothing more goes to it, not even the all clear.
+    ({"enabled": False}, "cancelled", ["a1:0:ops"]),
+])
+async def test_a_pending_all_clear_to_one_told_of_the_alert_follows_the_subscription_as_it_is_now(
+        changed: dict[str, Any], status: str, sent: list[str]) -> None:
     n = FakeNotifier()
     d, log, clock, _ = make([sub()], {"ops": n}, policy=RetryPolicy(inline_attempts=1))
     assert (await d.dispatch(alert(0)))[0].status == "sent"
@@ -796,21 +803,10 @@ async def test_a_pending_all_clear_to_one_told_of_the_alert_goes_out_whatever_it
     [pending] = await d.dispatch(alert(1, status="resolved"))
     assert pending.status == "pending"
     clock.now = pending.next_attempt_at  # type: ignore[assignment]
-    # min_severity raised since: the open went out, so its all clear still does.
-    [sent] = await restarted([sub(min_severity="critical")], log, clock, n).retry_due()
-    assert sent.status == "sent" and [k for k, _ in n.sent] == ["a1:0:ops", "a1:1:ops"]
-
-
-async def test_a_pending_all_clear_to_a_disabled_subscription_is_cancelled() -> None:
-    n = FakeNotifier()
-    d, log, clock, _ = make([sub()], {"ops": n}, policy=RetryPolicy(inline_attempts=1))
-    assert (await d.dispatch(alert(0)))[0].status == "sent"
-    n.failures = [RetriableDeliveryError("503")]
-    [pending] = await d.dispatch(alert(1, status="resolved"))
-    clock.now = pending.next_attempt_at  # type: ignore[assignment]
-    [cancelled] = await restarted([sub(enabled=False)], log, clock, n).retry_due()
-    assert cancelled.status == "cancelled" and "disabled" in (cancelled.error or "")
-    assert [k for k, _ in n.sent] == ["a1:0:ops"]
+    [done] = await restarted([sub(**changed)], log, clock, n).retry_due()
+    assert done.status == status and [k for k, _ in n.sent] == sent
+    if status == "cancelled":
+        assert "disabled" in (done.error or "")
 
 
 async def test_a_held_all_clear_to_one_never_told_is_cancelled_when_severity_no_longer_matches() -> None:
