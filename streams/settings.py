@@ -155,17 +155,12 @@ def describe_errors(exc: ValidationError, name: Callable[[tuple[Any, ...]], str]
     """Every bad field and why, without the values given: a value may be a secret pasted in the
     wrong place, and a check across fields would otherwise print every field's value.
     ``name`` says how a field's location reads (default: dotted)."""
-    name = name or (lambda loc: ".".join(str(part) for part in loc) or "(entry)")
+    name = name or (lambda loc: ".".join(str(part) for part in loc))
     lines = []
     for error in exc.errors(include_input=False, include_url=False):
         message = str(error["msg"]).removeprefix("Value error, ")
         lines.append(f"{name(error['loc'])}: {message}" if error["loc"] else message)
     return "; ".join(lines)
-
-
-def settings_errors(exc: ValidationError) -> str:
-    """``describe_errors`` naming each setting as its ``EARFUL_`` variable."""
-    return describe_errors(exc, lambda loc: "EARFUL_" + "_".join(str(part) for part in loc).upper())
 
 
 def load_settings() -> Settings:
@@ -174,4 +169,5 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        raise ValueError(f"invalid settings: {settings_errors(exc)}") from None
+        named = describe_errors(exc, lambda loc: "EARFUL_" + "_".join(str(part) for part in loc).upper())
+        raise ValueError(f"invalid settings: {named}") from None

@@ -399,12 +399,16 @@ class Dispatcher:
             why = await self._refusal(sub, record.to_alert())
             if why is None:
                 wanted.append(record)
-                continue
-            done = record.but(status="cancelled", error=f"not sent: {why}", at=now, next_attempt_at=None)
-            await self.log.put(done)
-            log.info("not sending alert %s #%d to %s: %s", record.alert_id, record.sequence, sub.name, why)
-            results.append(done)
+            else:
+                results.append(await self._cancel(record, why, now))
         return wanted
+
+    async def _cancel(self, record: DeliveryRecord, why: str, now: datetime) -> DeliveryRecord:
+        """Record ``record`` as cancelled, not sent, with the reason."""
+        done = record.but(status="cancelled", error=f"not sent: {why}", at=now, next_attempt_at=None)
+        await self.log.put(done)
+        log.info("not sending alert %s #%d to %s: %s", record.alert_id, record.sequence, record.subscription, why)
+        return done
 
     async def _dispatch_to(self, sub: Subscription, alert: Alert) -> list[DeliveryRecord]:
         if await self.log.get(idempotency_key(alert, sub.name)) is not None:
@@ -556,12 +560,8 @@ class Dispatcher:
         sub = self.subscriptions.get(name)
         if sub is None:
             # Removed from the config: as for a disabled one, nothing is sent, and nothing failed.
-            why = f"subscription {name} is no longer configured"
             for record in records:
-                done = record.but(status="cancelled", error=f"not sent: {why}", at=now, next_attempt_at=None)
-                await self.log.put(done)
-                log.info("not sending alert %s #%d to %s: %s", record.alert_id, record.sequence, name, why)
-                results.append(done)
+                results.append(await self._cancel(record, f"subscription {name} is no longer configured", now))
             return results
         # The subscription may have changed since these were held (a restart with a new config).
         records = await self._drop_unwanted(sub, records, now, results)

@@ -2,7 +2,8 @@
 
 Updates re-trigger the same dedup_key, which PagerDuty folds into the open incident. An alert
 that comes back after its all clear (a spike within the cooldown) triggers that dedup_key again,
-which opens a new incident: the earlier one was resolved. The URL is configurable (EU service region, or a local test server).
+which opens a new incident: the earlier one was resolved. The URL is configurable (EU service
+region, or a local test server).
 """
 
 from __future__ import annotations
